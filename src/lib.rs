@@ -10,5 +10,8 @@
 pub mod body;
 pub mod config;
 pub mod http;
+pub mod metrics;
+pub mod server;
 pub mod store;
 pub mod time;
+pub mod worker;

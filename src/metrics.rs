@@ -1,0 +1,225 @@
+//! Counters and gauges, one cache-padded block per worker (a worker only ever writes
+//! its own block, with relaxed atomics), summed or labelled per worker when scraped.
+//! Exposed in the Prometheus text format on a separate listener (`--metrics-listen`).
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+
+/// Status codes counted individually; anything else falls into `other`.
+const STATUS_CODES: [u16; 22] = [
+    100, 200, 201, 204, 206, 304, 400, 404, 405, 408, 409, 410, 413, 414, 415, 416, 417, 431, 501,
+    503, 505, 500,
+];
+
+/// One worker's counters.
+#[derive(Default)]
+pub struct WorkerMetrics {
+    pub connections_accepted: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub accept_errors: AtomicU64,
+    /// Parked long polls (gauge).
+    pub parked: AtomicI64,
+    pub parked_total: AtomicU64,
+    /// Parked clients that disconnected and were freed.
+    pub hangups: AtomicU64,
+    pub poll_timeouts: AtomicU64,
+    pub changes_published: AtomicU64,
+    /// Answers written to parked long polls.
+    pub deliveries: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub requests: [AtomicU64; STATUS_CODES.len() + 1],
+    /// Messages this worker sent to other workers.
+    pub messages_sent: AtomicU64,
+}
+
+impl WorkerMetrics {
+    pub fn count_status(&self, status: u16) {
+        let i = STATUS_CODES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUS_CODES.len());
+        self.requests[i].fetch_add(1, Relaxed);
+    }
+}
+
+/// Every worker's counters, plus process-wide gauges.
+pub struct Metrics {
+    pub workers: Box<[CachePadded<WorkerMetrics>]>,
+    /// Open client connections (gauge, all workers).
+    pub open_connections: AtomicI64,
+    /// The connection ceiling in force.
+    pub max_connections: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(workers: usize) -> Metrics {
+        Metrics {
+            workers: (0..workers)
+                .map(|_| CachePadded::new(WorkerMetrics::default()))
+                .collect(),
+            open_connections: AtomicI64::new(0),
+            max_connections: AtomicU64::new(0),
+        }
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut gauge = |name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            "halley_open_connections",
+            "Open client connections.",
+            self.open_connections.load(Relaxed),
+        );
+        gauge(
+            "halley_max_connections",
+            "Connection ceiling in force.",
+            self.max_connections.load(Relaxed) as i64,
+        );
+
+        type Field = fn(&WorkerMetrics) -> u64;
+        let per_worker: [(&str, &str, &str, Field); 11] = [
+            ("halley_parked", "gauge", "Parked long polls.", |m| {
+                m.parked.load(Relaxed).max(0) as u64
+            }),
+            (
+                "halley_connections_accepted_total",
+                "counter",
+                "Connections accepted.",
+                |m| m.connections_accepted.load(Relaxed),
+            ),
+            (
+                "halley_connections_refused_total",
+                "counter",
+                "Connections refused at the connection ceiling.",
+                |m| m.connections_refused.load(Relaxed),
+            ),
+            (
+                "halley_accept_errors_total",
+                "counter",
+                "Accept failures (descriptor exhaustion included).",
+                |m| m.accept_errors.load(Relaxed),
+            ),
+            (
+                "halley_parked_total",
+                "counter",
+                "Long polls parked.",
+                |m| m.parked_total.load(Relaxed),
+            ),
+            (
+                "halley_hangups_total",
+                "counter",
+                "Parked clients that disconnected and were freed.",
+                |m| m.hangups.load(Relaxed),
+            ),
+            (
+                "halley_poll_timeouts_total",
+                "counter",
+                "Parked long polls answered 304 on timeout.",
+                |m| m.poll_timeouts.load(Relaxed),
+            ),
+            (
+                "halley_changes_published_total",
+                "counter",
+                "Changes stamped by this worker's shard.",
+                |m| m.changes_published.load(Relaxed),
+            ),
+            (
+                "halley_deliveries_total",
+                "counter",
+                "Change answers written to waiting clients.",
+                |m| m.deliveries.load(Relaxed),
+            ),
+            (
+                "halley_bytes_written_total",
+                "counter",
+                "Bytes written to clients.",
+                |m| m.bytes_written.load(Relaxed),
+            ),
+            (
+                "halley_worker_messages_sent_total",
+                "counter",
+                "Messages sent to other workers.",
+                |m| m.messages_sent.load(Relaxed),
+            ),
+        ];
+        for (name, kind, help, field) in per_worker {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, w) in self.workers.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", field(w));
+            }
+        }
+        let name = "halley_requests_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Responses by status code.\n# TYPE {name} counter"
+        );
+        for (i, code) in STATUS_CODES
+            .iter()
+            .map(|c| c.to_string())
+            .chain(["other".to_string()])
+            .enumerate()
+        {
+            let total: u64 = self
+                .workers
+                .iter()
+                .map(|w| w.requests[i].load(Relaxed))
+                .sum();
+            if total > 0 {
+                let _ = writeln!(out, "{name}{{code=\"{code}\"}} {total}");
+            }
+        }
+        out
+    }
+
+    /// Sum of one counter over every worker.
+    pub fn sum(&self, field: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+        self.workers.iter().map(|w| field(w)).sum()
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) on `addr` from a plain thread: scrapes are
+/// rare and must not share a ring with client traffic.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("halley-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = answer_scrape(stream, &metrics) {
+                    tracing::debug!(error = %e, "metrics scrape failed");
+                }
+            }
+        })?;
+    Ok(local)
+}
+
+fn answer_scrape(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    // Read the request head (we answer every path the same way).
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.len() < 64 * 1024 {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let body = metrics.render();
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}

@@ -1,0 +1,447 @@
+//! The connection task: read, parse, route, write, repeat.
+//!
+//! Responses are queued as `Bytes` pieces and written with one vectored write when no
+//! further complete request is waiting in the read buffer, so a pipelining client gets
+//! all its answers in one syscall. A request that must wait (a long poll with nothing
+//! new) *parks*: the queued answers are written, the connection moves into the
+//! worker's wait list, and this task ends. When the waiter is answered,
+//! [`answer_parked`] starts a fresh task that writes the answer and continues with any
+//! pipelined bytes the client sent meanwhile, so answers always leave in request order.
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+use super::route::Step;
+use super::watch::ParkedConn;
+use super::{Shared, Worker};
+use crate::http::body::{BodyDecoder, BodyError, BodyLimits};
+use crate::http::request::{parse_head, Expect, Framing, Head, HeadError, Method, Version};
+use crate::http::response::{Persistence, Reply};
+use crate::store::Shaped;
+
+/// Most iovecs handed to one `writev` (the kernel's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+/// Read buffers start this small and grow only for large heads or bodies.
+const READ_CHUNK: usize = 4096;
+/// A read buffer grown past this is released once it is empty again.
+const KEEP_BUFFER_MAX: usize = 64 * 1024;
+/// How long a closing connection keeps reading (and discarding) what the client still
+/// sends, so that our last response is not destroyed by a reset (RFC 9112 §9.6).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_MAX_BYTES: usize = 64 * 1024;
+
+/// A client connection. Counted in the server's open-connection gauge for as long as it lives.
+pub struct Connection {
+    pub stream: TcpStream,
+    /// Bytes read but not yet parsed (pipelined requests). Empty when parked without
+    /// pipelined data, so a parked connection holds no read buffer.
+    pub buf: Vec<u8>,
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, shared: Arc<Shared>) -> Connection {
+        Connection {
+            stream,
+            buf: Vec::new(),
+            shared,
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared.metrics.open_connections.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Why reading stopped.
+enum ReadEnd {
+    /// The peer closed.
+    Eof,
+    TimedOut,
+    Failed,
+}
+
+/// Pieces of responses waiting to be written.
+#[derive(Default)]
+struct Out {
+    pieces: Vec<Bytes>,
+}
+
+impl Out {
+    fn push(&mut self, worker: &Worker, shaped: Shaped, persistence: Persistence, head_only: bool) {
+        worker.metrics().count_status(shaped.status);
+        self.pieces.push(shaped.head);
+        self.pieces.push(worker.tail(persistence));
+        if !head_only {
+            self.pieces.extend(shaped.body.into_segments());
+        }
+    }
+
+    fn push_reply(
+        &mut self,
+        worker: &Worker,
+        reply: Reply,
+        persistence: Persistence,
+        head_only: bool,
+    ) {
+        self.push(worker, Shaped::from_reply(reply), persistence, head_only);
+    }
+}
+
+/// Writes every piece, handling short writes and the iovec limit.
+pub async fn write_all(stream: &TcpStream, mut pieces: Vec<Bytes>) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    while !pieces.is_empty() {
+        let rest = if pieces.len() > IOV_MAX {
+            pieces.split_off(IOV_MAX)
+        } else {
+            Vec::new()
+        };
+        let (res, mut batch) = stream.writev(pieces).await;
+        let mut n = res?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        total += n as u64;
+        let done = batch
+            .iter()
+            .take_while(|p| {
+                if n >= p.len() {
+                    n -= p.len();
+                    true
+                } else {
+                    false
+                }
+            })
+            .count();
+        batch.drain(..done);
+        if let Some(first) = batch.first_mut() {
+            first.advance(n);
+        }
+        batch.extend(rest);
+        pieces = batch;
+    }
+    Ok(total)
+}
+
+/// The state of one connection while its task runs.
+struct Task {
+    worker: Rc<Worker>,
+    conn: Connection,
+    out: Out,
+}
+
+impl Task {
+    fn persistence(head: &Head) -> Persistence {
+        match (head.keep_alive, head.version) {
+            (false, _) => Persistence::Close,
+            (true, Version::Http10) => Persistence::KeepAlive10,
+            (true, Version::Http11) => Persistence::KeepAlive,
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.pieces.is_empty() {
+            return Ok(());
+        }
+        let pieces = std::mem::take(&mut self.out.pieces);
+        let n = write_all(&self.conn.stream, pieces).await?;
+        self.worker.metrics().bytes_written.fetch_add(n, Relaxed);
+        Ok(())
+    }
+
+    /// Reads more bytes into the buffer, within `timeout`.
+    async fn read_more(&mut self, timeout: Option<Duration>) -> Result<(), ReadEnd> {
+        let buf = &mut self.conn.buf;
+        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK.max(buf.len()));
+        }
+        let len = buf.len();
+        let read = self.conn.stream.read(std::mem::take(buf).slice(len..));
+        let (res, slice) = match timeout {
+            Some(d) => match tokio::time::timeout(d, read).await {
+                Ok(done) => done,
+                Err(_) => return Err(ReadEnd::TimedOut),
+            },
+            None => read.await,
+        };
+        self.conn.buf = slice.into_inner();
+        match res {
+            Ok(0) => Err(ReadEnd::Eof),
+            Ok(_) => Ok(()),
+            Err(_) => Err(ReadEnd::Failed),
+        }
+    }
+
+    /// The next request head, or `None` when the connection should end.
+    async fn next_head(&mut self) -> Option<Head> {
+        let worker = self.worker.clone();
+        let cfg = worker.config();
+        let mut head_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            match parse_head(&self.conn.buf, &cfg.head_limits) {
+                Ok(Some((head, n))) => {
+                    self.conn.buf.drain(..n);
+                    return Some(head);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.reject_head(e).await;
+                    return None;
+                }
+            }
+            // Nothing more to batch with: send what is queued before waiting.
+            if self.flush().await.is_err() {
+                return None;
+            }
+            let timeout = if self.conn.buf.is_empty() {
+                if self.conn.buf.capacity() > KEEP_BUFFER_MAX {
+                    self.conn.buf = Vec::new();
+                }
+                cfg.idle_timeout
+            } else {
+                let deadline = *head_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + cfg.header_timeout);
+                Some(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            };
+            match self.read_more(timeout).await {
+                Ok(()) => {
+                    if head_deadline.is_none() && !self.conn.buf.is_empty() {
+                        head_deadline = Some(tokio::time::Instant::now() + cfg.header_timeout);
+                    }
+                }
+                Err(ReadEnd::TimedOut) if !self.conn.buf.is_empty() => {
+                    let reply = Reply::text(408, "request head not received in time");
+                    self.out
+                        .push_reply(&self.worker, reply, Persistence::Close, false);
+                    let _ = self.flush().await;
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    async fn reject_head(&mut self, e: HeadError) {
+        tracing::debug!(error = %e, "bad request head");
+        let reply = Reply::text(e.status(), &e);
+        self.out
+            .push_reply(&self.worker, reply, Persistence::Close, false);
+    }
+
+    /// Reads the request body. `Err` carries the reply to send before closing.
+    async fn read_body(&mut self, head: &Head) -> Result<Bytes, Reply> {
+        let worker = self.worker.clone();
+        let cfg = worker.config();
+        let limits = BodyLimits {
+            max_body: cfg.max_body_bytes,
+        };
+        let mut decoder = match head.framing {
+            Framing::Length(0) => return Ok(Bytes::new()),
+            Framing::Length(n) => BodyDecoder::length(n, limits),
+            Framing::Chunked => Ok(BodyDecoder::chunked(limits)),
+        }
+        .map_err(body_error_reply)?;
+        if head.expect == Expect::Continue && self.conn.buf.is_empty() {
+            self.out
+                .pieces
+                .push(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+            self.flush().await.map_err(|_| Reply::new(400))?;
+        }
+        let hint = decoder
+            .remaining_hint()
+            .unwrap_or(0)
+            .min(cfg.max_body_bytes);
+        let mut body = Vec::with_capacity(hint as usize);
+        loop {
+            let progress = decoder
+                .decode(&self.conn.buf, &mut body)
+                .map_err(body_error_reply)?;
+            self.conn.buf.drain(..progress.consumed);
+            if progress.done {
+                return Ok(Bytes::from(body));
+            }
+            match self.read_more(Some(cfg.header_timeout)).await {
+                Ok(()) => {}
+                Err(ReadEnd::TimedOut) => {
+                    return Err(Reply::text(408, "request body not received in time"))
+                }
+                Err(_) => {
+                    return Err(Reply::text(
+                        400,
+                        "connection closed inside the request body",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Serves requests until the connection ends or parks.
+    async fn run(mut self) {
+        loop {
+            let Some(head) = self.next_head().await else {
+                return self.close().await;
+            };
+            let persistence = Self::persistence(&head);
+            let head_only = head.method == Method::Head;
+            if head.expect == Expect::Unsupported {
+                let reply = Reply::text(417, "only 'Expect: 100-continue' is supported");
+                self.out
+                    .push_reply(&self.worker, reply, Persistence::Close, false);
+                return self.close().await;
+            }
+            let body = match self.read_body(&head).await {
+                Ok(body) => body,
+                Err(reply) => {
+                    self.out
+                        .push_reply(&self.worker, reply, Persistence::Close, false);
+                    return self.close().await;
+                }
+            };
+            match self.worker.route(&head, body) {
+                Step::Reply(reply) => {
+                    self.out
+                        .push_reply(&self.worker, reply, persistence, head_only)
+                }
+                Step::Remote(rx) => {
+                    // Let earlier answers go out while the owner works.
+                    if self.flush().await.is_err() {
+                        return;
+                    }
+                    let reply = rx
+                        .await
+                        .unwrap_or_else(|_| Reply::text(500, "worker unavailable"));
+                    self.out
+                        .push_reply(&self.worker, reply, persistence, head_only);
+                }
+                Step::Poll { path, query } => {
+                    if self.flush().await.is_err() {
+                        return;
+                    }
+                    let worker = self.worker.clone();
+                    let mut conn = self.conn;
+                    if conn.buf.is_empty() {
+                        conn.buf = Vec::new();
+                    } else {
+                        conn.buf.shrink_to_fit();
+                    }
+                    let parked = ParkedConn {
+                        conn,
+                        persistence,
+                        head_only,
+                    };
+                    let Some((parked, reply)) = worker.start_poll(path, query, parked) else {
+                        return; // Parked: this task ends; the wait list owns the connection.
+                    };
+                    // Answered at once: carry on with the same connection.
+                    self = Task {
+                        worker,
+                        conn: parked.conn,
+                        out: Out::default(),
+                    };
+                    self.out
+                        .push_reply(&self.worker, reply, persistence, head_only);
+                }
+            }
+            if persistence == Persistence::Close {
+                return self.close().await;
+            }
+        }
+    }
+
+    /// Flushes what is queued and closes; lingers if the client may still be sending.
+    async fn close(mut self) {
+        let _ = self.flush().await;
+        linger_close(self.conn).await;
+    }
+}
+
+/// Closes a connection: sends FIN, then discards whatever the client still sends for a
+/// moment so our last response is not lost to a reset.
+async fn linger_close(mut conn: Connection) {
+    let stream = &conn.stream;
+    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut discarded = 0;
+    let mut buf = std::mem::take(&mut conn.buf);
+    buf.clear();
+    if buf.capacity() < 512 {
+        buf.reserve(512);
+    }
+    while discarded < LINGER_MAX_BYTES {
+        let cap = buf.capacity();
+        let read = stream.read(buf.slice(0..cap));
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok((Ok(n), b)) if n > 0 => {
+                discarded += n;
+                buf = b.into_inner();
+                buf.clear();
+            }
+            Ok(_) => return,
+            Err(_) => break,
+        }
+    }
+    // Still sending after the linger time: stop reading (this also completes the
+    // read still in flight, so the descriptor is really closed on drop).
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Serves a freshly accepted connection.
+pub async fn serve(worker: Rc<Worker>, conn: Connection) {
+    Task {
+        worker,
+        conn,
+        out: Out::default(),
+    }
+    .run()
+    .await
+}
+
+/// Writes the answer of a released waiter, then continues serving the connection.
+pub async fn answer_parked(worker: Rc<Worker>, parked: ParkedConn, shaped: Shaped) {
+    let mut task = Task {
+        worker,
+        conn: parked.conn,
+        out: Out::default(),
+    };
+    task.out
+        .push(&task.worker, shaped, parked.persistence, parked.head_only);
+    if parked.persistence == Persistence::Close {
+        return task.close().await;
+    }
+    task.run().await
+}
+
+/// Refuses a connection over the ceiling with a clear `503`.
+pub async fn refuse(worker: Rc<Worker>, conn: Connection) {
+    let mut reply = Reply::text(503, "server at its connection limit; retry later");
+    reply.extra = Some(Bytes::from_static(b"Retry-After: 1\r\n"));
+    let mut task = Task {
+        worker,
+        conn,
+        out: Out::default(),
+    };
+    task.out
+        .push_reply(&task.worker, reply, Persistence::Close, false);
+    tracing::debug!(
+        fd = task.conn.stream.as_raw_fd(),
+        "refused a connection at the ceiling"
+    );
+    task.close().await
+}
+
+fn body_error_reply(e: BodyError) -> Reply {
+    let status = if e.is_too_large() { 413 } else { 400 };
+    Reply::text(status, e)
+}

@@ -1,0 +1,525 @@
+//! A worker: one thread, one tokio-uring runtime, one `SO_REUSEPORT` listener, one shard
+//! of the resource space, and the wait lists of the connections it accepted.
+//!
+//! Tasks on a worker (all on its one thread):
+//! - the accept loop, which spawns a connection task per client ([`conn`]);
+//! - the inbox loop, which handles messages from other workers ([`mailbox`]);
+//! - the hang-up loop, which frees parked clients that disconnected ([`hangup`]);
+//! - the deadline loop, which answers parked polls `304` at `--poll-timeout`.
+//!
+//! Invariants:
+//! - A shard's store is only touched by its owner worker; other workers send messages.
+//! - No `RefCell` borrow is held across an `.await`.
+//! - Every path that takes a waiter out of the wait list also removes its hang-up poll.
+
+pub mod conn;
+pub mod hangup;
+pub mod mailbox;
+pub mod route;
+pub mod watch;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::http::response::{Persistence, Reply, Tails};
+use crate::metrics::{Metrics, WorkerMetrics};
+use crate::store::{Answer, ChangeEvent, MemStore, Shaped, Store, WriteOp};
+use crate::time::Timestamp;
+use conn::Connection;
+use hangup::{Hangup, HangupRing};
+use mailbox::{Inbox, Mailbox, Msg};
+use watch::{ParkedConn, WaitQuery, WaitState, WaiterId, WatchTable};
+
+/// The most workers a server runs (the size of [`WorkerSet`]).
+pub const MAX_WORKERS: usize = 256;
+
+/// State every worker shares (read-only after start, or atomic).
+pub struct Shared {
+    pub config: Config,
+    pub mailboxes: Vec<Mailbox>,
+    pub metrics: Arc<Metrics>,
+    pub max_connections: usize,
+}
+
+/// Which shard owns `path`: a stable FNV-1a hash of the path, modulo the worker count.
+pub fn shard_for(path: &str, workers: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % workers.max(1) as u64) as usize
+}
+
+/// A set of worker ids (the workers watching one resource).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct WorkerSet([u64; MAX_WORKERS / 64]);
+
+impl WorkerSet {
+    pub fn insert(&mut self, w: usize) {
+        self.0[w / 64] |= 1 << (w % 64);
+    }
+
+    pub fn remove(&mut self, w: usize) {
+        self.0[w / 64] &= !(1 << (w % 64));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&x| x == 0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, &word)| {
+            (0..64)
+                .filter(move |b| word & (1 << b) != 0)
+                .map(move |b| i * 64 + b)
+        })
+    }
+}
+
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    store: RefCell<Box<dyn Store>>,
+    /// Owner side: for each resource of this shard, the workers that watch it.
+    interest: RefCell<HashMap<Arc<str>, WorkerSet>>,
+    /// Watcher side: the parked long polls of this worker's connections.
+    watch: RefCell<WatchTable>,
+    hangup: HangupRing,
+    /// Poll deadlines in arrival order; every deadline is "park time + poll timeout",
+    /// so the queue is sorted by construction and the front is the next to expire.
+    deadlines: RefCell<VecDeque<(Instant, WaiterId)>>,
+    deadline_added: Notify,
+    tails: RefCell<Tails>,
+}
+
+impl Worker {
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.shared.metrics.workers[self.id]
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The connection tail (`Date`, persistence, blank line) for a response sent now.
+    pub fn tail(&self, p: Persistence) -> bytes::Bytes {
+        let mut tails = self.tails.borrow_mut();
+        tails.refresh(Timestamp::now());
+        tails.get(p)
+    }
+
+    pub fn owner_of(&self, path: &str) -> usize {
+        shard_for(path, self.shared.mailboxes.len())
+    }
+
+    fn send(&self, to: usize, msg: Msg) {
+        self.metrics().messages_sent.fetch_add(1, Relaxed);
+        self.shared.mailboxes[to].send(msg);
+    }
+
+    // ---- owner side -------------------------------------------------------------
+
+    /// Applies a write to this worker's shard, publishes the change, returns the reply.
+    pub fn apply_write(self: &Rc<Self>, path: &str, op: WriteOp) -> Reply {
+        let applied = self.store.borrow_mut().write(path, op, Timestamp::now());
+        if let Some(event) = applied.event {
+            self.publish(event);
+        }
+        applied.reply
+    }
+
+    /// Sends a change to every worker watching its resource (itself included, directly).
+    fn publish(self: &Rc<Self>, event: Arc<ChangeEvent>) {
+        self.metrics().changes_published.fetch_add(1, Relaxed);
+        let set = self.interest.borrow().get(&event.path).copied();
+        for w in set.iter().flat_map(WorkerSet::iter) {
+            if w == self.id {
+                self.handle_change(&event);
+            } else {
+                self.send(w, Msg::Changed(event.clone()));
+            }
+        }
+    }
+
+    pub fn get(
+        &self,
+        path: &str,
+        range: Option<&crate::http::range::RangeSpec>,
+        ims: Option<Timestamp>,
+    ) -> Reply {
+        self.store.borrow().get(path, range, ims)
+    }
+
+    /// Answers a long poll for worker `from`; registers `from` as a watcher if it must wait.
+    fn poll_for(&self, path: &Arc<str>, query: &WaitQuery, from: usize) -> Answer {
+        let answer = self
+            .store
+            .borrow()
+            .poll(path, query.t, query.range.as_ref());
+        if let Answer::Wait { .. } = answer {
+            self.interest
+                .borrow_mut()
+                .entry(path.clone())
+                .or_default()
+                .insert(from);
+        }
+        answer
+    }
+
+    fn unwatch(&self, path: &str, from: usize) {
+        let mut interest = self.interest.borrow_mut();
+        if let Some(set) = interest.get_mut(path) {
+            set.remove(from);
+            if set.is_empty() {
+                interest.remove(path);
+            }
+        }
+    }
+
+    // ---- watcher side -----------------------------------------------------------
+
+    /// Starts a long poll for a connection: answered at once, or parked.
+    /// Returns the connection when the answer is immediate (the caller writes it).
+    pub fn start_poll(
+        self: &Rc<Self>,
+        path: Arc<str>,
+        query: WaitQuery,
+        parked: ParkedConn,
+    ) -> Option<(ParkedConn, Reply)> {
+        let owner = self.owner_of(&path);
+        if owner == self.id {
+            match self.poll_for(&path, &query, self.id) {
+                Answer::Now(reply) => Some((parked, reply)),
+                Answer::Wait { since } => {
+                    self.park(path, WaitState::Parked { since }, query, parked);
+                    None
+                }
+            }
+        } else {
+            let id = self.park(path.clone(), WaitState::Pending, query, parked);
+            self.send(
+                owner,
+                Msg::Poll {
+                    path,
+                    query,
+                    from: self.id,
+                    id,
+                },
+            );
+            None
+        }
+    }
+
+    fn park(
+        &self,
+        path: Arc<str>,
+        state: WaitState,
+        query: WaitQuery,
+        parked: ParkedConn,
+    ) -> WaiterId {
+        let fd = parked.conn.stream.as_raw_fd();
+        let id = self.watch.borrow_mut().insert(path, state, query, parked);
+        self.hangup.watch(fd, id.token());
+        if let Some(timeout) = self.config().poll_timeout {
+            let mut deadlines = self.deadlines.borrow_mut();
+            deadlines.push_back((Instant::now() + timeout, id));
+            if deadlines.len() == 1 {
+                self.deadline_added.notify_one();
+            }
+        }
+        let m = self.metrics();
+        m.parked.fetch_add(1, Relaxed);
+        m.parked_total.fetch_add(1, Relaxed);
+        id
+    }
+
+    /// Takes a waiter out of the wait list (removing its hang-up poll).
+    fn unpark(&self, id: WaiterId, remove_poll: bool) -> Option<watch::Waiter> {
+        let w = self.watch.borrow_mut().remove(id)?;
+        if remove_poll {
+            self.hangup.unwatch(id.token());
+        }
+        self.metrics().parked.fetch_sub(1, Relaxed);
+        Some(w)
+    }
+
+    /// Answers a waiter and lets its connection carry on.
+    fn release(self: &Rc<Self>, id: WaiterId, shaped: Shaped) {
+        if let Some(w) = self.unpark(id, true) {
+            self.metrics().deliveries.fetch_add(1, Relaxed);
+            tokio_uring::spawn(conn::answer_parked(self.clone(), w.parked, shaped));
+        }
+    }
+
+    /// A change of a resource some of our connections may watch.
+    fn handle_change(self: &Rc<Self>, event: &Arc<ChangeEvent>) {
+        let Some(ids) = self.watch.borrow().ids_for(&event.path) else {
+            // Nobody here watches it any more: tell the owner (lazily, so a long poll
+            // that re-polls right after its answer does not cause message churn).
+            let owner = self.owner_of(&event.path);
+            if owner == self.id {
+                self.unwatch(&event.path, self.id);
+            } else {
+                self.send(
+                    owner,
+                    Msg::Unwatch {
+                        path: event.path.clone(),
+                        from: self.id,
+                    },
+                );
+            }
+            return;
+        };
+        for id in ids {
+            let (since, range) = match self.watch.borrow().get(id) {
+                Some(w) => match w.state {
+                    WaitState::Parked { since } if since < event.ts => (since, w.query.range),
+                    // Pending: the owner's answer (sent after this change) covers it.
+                    _ => continue,
+                },
+                None => continue,
+            };
+            match event.answer_for(since, range.as_ref()) {
+                Some(shaped) => self.release(id, shaped),
+                None => self.requery(id, since),
+            }
+        }
+        self.hangup.flush();
+    }
+
+    /// Asks the owner for the full answer of a waiter that one change does not describe.
+    fn requery(self: &Rc<Self>, id: WaiterId, since: Timestamp) {
+        let (path, query) = {
+            let mut watch = self.watch.borrow_mut();
+            let Some(w) = watch.get_mut(id) else { return };
+            w.state = WaitState::Pending;
+            // From the state the client has, not the stamp it sent (which may be ahead
+            // of our clock): this change is after `since`, so the answer is immediate.
+            (
+                w.path().clone(),
+                WaitQuery {
+                    t: since,
+                    range: w.query.range,
+                },
+            )
+        };
+        let owner = self.owner_of(&path);
+        if owner == self.id {
+            let answer = self.poll_for(&path, &query, self.id);
+            self.handle_poll_answer(id, answer);
+        } else {
+            self.send(
+                owner,
+                Msg::Poll {
+                    path,
+                    query,
+                    from: self.id,
+                    id,
+                },
+            );
+        }
+    }
+
+    fn handle_poll_answer(self: &Rc<Self>, id: WaiterId, answer: Answer) {
+        match answer {
+            Answer::Now(reply) => self.release(id, Shaped::from_reply(reply)),
+            Answer::Wait { since } => {
+                if let Some(w) = self.watch.borrow_mut().get_mut(id) {
+                    w.state = WaitState::Parked { since };
+                }
+            }
+        }
+    }
+
+    fn handle_msg(self: &Rc<Self>, msg: Msg) {
+        match msg {
+            Msg::Write { path, op, reply } => {
+                let r = self.apply_write(&path, op);
+                let _ = reply.send(r);
+            }
+            Msg::Get {
+                path,
+                range,
+                if_modified_since,
+                reply,
+            } => {
+                let _ = reply.send(self.get(&path, range.as_ref(), if_modified_since));
+            }
+            Msg::Poll {
+                path,
+                query,
+                from,
+                id,
+            } => {
+                let answer = self.poll_for(&path, &query, from);
+                self.send(from, Msg::PollAnswer { id, answer });
+            }
+            Msg::Unwatch { path, from } => self.unwatch(&path, from),
+            Msg::PollAnswer { id, answer } => self.handle_poll_answer(id, answer),
+            Msg::Changed(event) => self.handle_change(&event),
+        }
+    }
+
+    // ---- loops ------------------------------------------------------------------
+
+    async fn inbox_loop(self: Rc<Self>, inbox: Inbox) {
+        loop {
+            inbox.notify.notified().await;
+            while let Ok(msg) = inbox.rx.try_recv() {
+                self.handle_msg(msg);
+            }
+            self.hangup.flush();
+        }
+    }
+
+    async fn hangup_loop(self: Rc<Self>) {
+        let mut batch = Vec::new();
+        loop {
+            if let Err(e) = self.hangup.next_batch(&mut batch).await {
+                tracing::error!(error = %e, "hang-up ring failed; parked clients that leave are no longer noticed");
+                return;
+            }
+            for event in batch.drain(..) {
+                if let Hangup::Closed(token) = event {
+                    // The poll completed, so there is nothing to remove; dropping the
+                    // waiter closes its connection.
+                    if self.unpark(WaiterId::from_token(token), false).is_some() {
+                        self.metrics().hangups.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn deadline_loop(self: Rc<Self>) {
+        loop {
+            let front = self.deadlines.borrow().front().copied();
+            let Some((at, id)) = front else {
+                self.deadline_added.notified().await;
+                continue;
+            };
+            if at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+                continue;
+            }
+            self.deadlines.borrow_mut().pop_front();
+            let t = self.watch.borrow().get(id).map(|w| w.query.t);
+            if let Some(t) = t {
+                self.metrics().poll_timeouts.fetch_add(1, Relaxed);
+                let mut reply = Reply::new(304);
+                reply.last_modified = Some(t);
+                self.release(id, Shaped::from_reply(reply));
+                self.hangup.flush();
+            }
+        }
+    }
+
+    async fn accept_loop(self: Rc<Self>, listener: tokio_uring::net::TcpListener) {
+        let mut backoff = Duration::from_millis(5);
+        let metrics = &self.shared.metrics;
+        loop {
+            match listener.accept().await {
+                Ok((stream, _peer)) => {
+                    backoff = Duration::from_millis(5);
+                    self.metrics().connections_accepted.fetch_add(1, Relaxed);
+                    let open = metrics.open_connections.fetch_add(1, Relaxed) + 1;
+                    let conn = Connection::new(stream, self.shared.clone());
+                    if open as usize > self.shared.max_connections {
+                        self.metrics().connections_refused.fetch_add(1, Relaxed);
+                        tokio_uring::spawn(conn::refuse(self.clone(), conn));
+                        continue;
+                    }
+                    let _ = conn.stream.set_nodelay(true);
+                    tokio_uring::spawn(conn::serve(self.clone(), conn));
+                }
+                Err(e) => {
+                    self.metrics().accept_errors.fetch_add(1, Relaxed);
+                    if is_resource_exhaustion(&e) {
+                        // Out of descriptors or memory: the pending connections stay in
+                        // the backlog; retry later instead of spinning on the error.
+                        tracing::warn!(error = %e, retry_in = ?backoff, "accept failed: out of resources");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    } else {
+                        tracing::debug!(error = %e, "accept failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Runs worker `id` on the current thread until the process exits.
+pub fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    inbox: Inbox,
+) -> io::Result<()> {
+    tokio_uring::builder().entries(4096).start(async move {
+        let listener = tokio_uring::net::TcpListener::from_std(listener);
+        let worker = Rc::new(Worker {
+            id,
+            store: RefCell::new(Box::new(MemStore::new(shared.config.history))),
+            interest: RefCell::new(HashMap::new()),
+            watch: RefCell::new(WatchTable::default()),
+            hangup: HangupRing::new()?,
+            deadlines: RefCell::new(VecDeque::new()),
+            deadline_added: Notify::new(),
+            tails: RefCell::new(Tails::new(Timestamp::now())),
+            shared,
+        });
+        tokio_uring::spawn(worker.clone().inbox_loop(inbox));
+        tokio_uring::spawn(worker.clone().hangup_loop());
+        tokio_uring::spawn(worker.clone().deadline_loop());
+        worker.accept_loop(listener).await;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_sets() {
+        let mut s = WorkerSet::default();
+        assert!(s.is_empty());
+        for w in [0, 1, 63, 64, 200, 255] {
+            s.insert(w);
+        }
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 1, 63, 64, 200, 255]);
+        s.remove(64);
+        s.remove(0);
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![1, 63, 200, 255]);
+    }
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        assert_eq!(shard_for("/a", 1), 0);
+        assert_eq!(shard_for("/quotes/ACME", 4), shard_for("/quotes/ACME", 4));
+        let mut counts = [0usize; 4];
+        for i in 0..4000 {
+            counts[shard_for(&format!("/r/{i}"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+}

@@ -46,10 +46,11 @@ fn main() -> ExitCode {
         server.max_connections,
         server.nofile.0
     );
+    // Stdout is for scripts and tests: where the metrics are (if enabled), then,
+    // last, where to connect. Everything else goes to the log on stderr.
     if let Some(m) = server.metrics_addr {
-        tracing::info!("metrics on http://{m}/metrics");
+        println!("halley metrics on {m}");
     }
-    // The first stdout line is for scripts and tests: where to connect.
     println!("halley listening on {}", server.local_addr);
     let _ = std::io::stdout().flush();
     match server.wait() {

@@ -62,6 +62,14 @@ impl Drop for Connection {
     }
 }
 
+/// How a connection ends when no further request head comes.
+enum Ending {
+    /// After an error answer: close gracefully, draining what the client still sends.
+    Linger,
+    /// Nothing to answer (peer closed, idle, timed out): shut down at once.
+    Abort,
+}
+
 /// Why reading stopped.
 enum ReadEnd {
     /// The peer closed.
@@ -182,8 +190,8 @@ impl Task {
         }
     }
 
-    /// The next request head, or `None` when the connection should end.
-    async fn next_head(&mut self) -> Option<Head> {
+    /// The next request head, or how the connection ends.
+    async fn next_head(&mut self) -> Result<Head, Ending> {
         let worker = self.worker.clone();
         let cfg = worker.config();
         let mut head_deadline: Option<tokio::time::Instant> = None;
@@ -191,17 +199,17 @@ impl Task {
             match parse_head(&self.conn.buf, &cfg.head_limits) {
                 Ok(Some((head, n))) => {
                     self.conn.buf.drain(..n);
-                    return Some(head);
+                    return Ok(head);
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.reject_head(e).await;
-                    return None;
+                    self.reject_head(e);
+                    return Err(Ending::Linger);
                 }
             }
             // Nothing more to batch with: send what is queued before waiting.
             if self.flush().await.is_err() {
-                return None;
+                return Err(Ending::Abort);
             }
             let timeout = if self.conn.buf.is_empty() {
                 if self.conn.buf.capacity() > KEEP_BUFFER_MAX {
@@ -219,19 +227,20 @@ impl Task {
                         head_deadline = Some(tokio::time::Instant::now() + cfg.header_timeout);
                     }
                 }
-                Err(ReadEnd::TimedOut) if !self.conn.buf.is_empty() => {
+                // A request had started (the buffer itself is gone with the abandoned read).
+                Err(ReadEnd::TimedOut) if head_deadline.is_some() => {
                     let reply = Reply::text(408, "request head not received in time");
                     self.out
                         .push_reply(&self.worker, reply, Persistence::Close, false);
                     let _ = self.flush().await;
-                    return None;
+                    return Err(Ending::Abort);
                 }
-                Err(_) => return None,
+                Err(_) => return Err(Ending::Abort),
             }
         }
     }
 
-    async fn reject_head(&mut self, e: HeadError) {
+    fn reject_head(&mut self, e: HeadError) {
         tracing::debug!(error = %e, "bad request head");
         let reply = Reply::text(e.status(), &e);
         self.out
@@ -288,8 +297,10 @@ impl Task {
     /// Serves requests until the connection ends or parks.
     async fn run(mut self) {
         loop {
-            let Some(head) = self.next_head().await else {
-                return self.close().await;
+            let head = match self.next_head().await {
+                Ok(head) => head,
+                Err(Ending::Linger) => return self.close().await,
+                Err(Ending::Abort) => return self.abort(),
             };
             let persistence = Self::persistence(&head);
             let head_only = head.method == Method::Head;
@@ -356,6 +367,13 @@ impl Task {
                 return self.close().await;
             }
         }
+    }
+
+    /// Ends a connection that has nothing more to say (peer gone, idle, timed out):
+    /// shutting down both directions also completes any read still in flight, so the
+    /// descriptor is really closed when the stream drops.
+    fn abort(self) {
+        let _ = self.conn.stream.shutdown(std::net::Shutdown::Both);
     }
 
     /// Flushes what is queued and closes; lingers if the client may still be sending.

@@ -1,0 +1,9 @@
+//! Integration tests: the real `halley` binary, driven over TCP.
+
+mod support;
+
+mod badinput;
+mod http1;
+mod longpoll;
+mod rest;
+mod scale;

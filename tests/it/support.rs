@@ -1,0 +1,360 @@
+//! Test support: the real `halley` binary in a child process, a raw HTTP/1.1 client
+//! over std sockets, and metric observation.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any single read may block before the test fails (instead of hanging).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl Server {
+    /// Starts `halley` on an ephemeral port with two workers (so cross-worker paths run)
+    /// and metrics enabled, plus `extra` flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ];
+        if !extra.contains(&"--threads") {
+            args.extend_from_slice(&["--threads", "2"]);
+        }
+        args.extend_from_slice(extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_halley"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn halley");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut metrics = None;
+        // The server prints its addresses once its listeners are bound: that line is
+        // the readiness event.
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("halley exited before listening")
+                .expect("read stdout");
+            if let Some(a) = line.strip_prefix("halley metrics on ") {
+                metrics = Some(a.parse().expect("metrics addr"));
+            }
+            if let Some(a) = line.strip_prefix("halley listening on ") {
+                break a.parse().expect("listen addr");
+            }
+        };
+        Server {
+            child,
+            addr,
+            metrics: metrics.expect("metrics line"),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// The sum of a metric over its labels (workers).
+    pub fn metric(&self, name: &str) -> f64 {
+        let mut s = TcpStream::connect(self.metrics).expect("connect metrics");
+        s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .filter(|l| {
+                l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until `metric` reaches `value` (the server's own count is the event we
+    /// wait on); fails the test after a deadline.
+    pub fn wait_metric(&self, name: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.metric(name);
+            if v == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} stayed at {v}, expected {value}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn last_modified(&self) -> String {
+        self.header("last-modified")
+            .expect("Last-Modified")
+            .to_string()
+    }
+}
+
+/// A raw HTTP/1.1 client. Reads block at most [`READ_TIMEOUT`].
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream.write_all(bytes.as_ref()).expect("send");
+    }
+
+    /// Sends a request with `Host` and `Content-Length` filled in.
+    pub fn send_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if !body.is_empty() || matches!(method, "PUT" | "POST") {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send(bytes);
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.send_request(method, path, headers, body);
+        self.read_response_to(method)
+    }
+
+    pub fn get(&mut self, path: &str) -> Response {
+        self.request("GET", path, &[], b"")
+    }
+
+    pub fn put(&mut self, path: &str, content_type: &str, body: &[u8]) -> Response {
+        self.request("PUT", path, &[("Content-Type", content_type)], body)
+    }
+
+    pub fn post(&mut self, path: &str, content_type: &str, body: &[u8]) -> Response {
+        self.request("POST", path, &[("Content-Type", content_type)], body)
+    }
+
+    pub fn delete(&mut self, path: &str) -> Response {
+        self.request("DELETE", path, &[], b"")
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n
+            }
+            Err(e) => panic!("read failed (timeout means the server never answered): {e}"),
+        }
+    }
+
+    pub fn read_response(&mut self) -> Response {
+        self.read_response_to("GET")
+    }
+
+    /// Reads one response to a request made with `method` (HEAD responses have no body).
+    pub fn read_response_to(&mut self, method: &str) -> Response {
+        let (status, headers, head_len) = loop {
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut hs);
+            match r.parse(&self.buf).expect("valid response head") {
+                httparse::Status::Complete(n) => {
+                    let headers = r
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect::<Vec<_>>();
+                    break (r.code.unwrap(), headers, n);
+                }
+                httparse::Status::Partial => {
+                    assert!(
+                        self.fill() > 0,
+                        "connection closed before a complete response head: {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    );
+                }
+            }
+        };
+        self.buf.drain(..head_len);
+        let mut resp = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if method == "HEAD" || matches!(status, 100..=199 | 204 | 304) {
+            return resp;
+        }
+        if let Some(cl) = resp.header("content-length") {
+            let n: usize = cl.trim().parse().expect("numeric Content-Length");
+            while self.buf.len() < n {
+                assert!(self.fill() > 0, "closed inside a body");
+            }
+            resp.body = self.buf.drain(..n).collect();
+        } else if resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            resp.body = self.read_chunked();
+        } else {
+            while self.fill() > 0 {}
+            resp.body = std::mem::take(&mut self.buf);
+        }
+        resp
+    }
+
+    /// Reads a whole chunked body (until the last chunk).
+    pub fn read_chunked(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        while let Some(chunk) = self.read_chunk() {
+            body.extend_from_slice(&chunk);
+        }
+        body
+    }
+
+    /// Reads one chunk of a chunked body; `None` at the last chunk.
+    pub fn read_chunk(&mut self) -> Option<Vec<u8>> {
+        let line_end = loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            assert!(self.fill() > 0, "closed inside a chunk header");
+        };
+        let line = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+        let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
+            .expect("hex chunk size");
+        self.buf.drain(..line_end + 2);
+        while self.buf.len() < size + 2 {
+            assert!(self.fill() > 0, "closed inside a chunk");
+        }
+        let data: Vec<u8> = self.buf.drain(..size).collect();
+        assert_eq!(&self.buf[..2], b"\r\n", "chunk data must end with CRLF");
+        self.buf.drain(..2);
+        if size == 0 {
+            // Trailer section: expect just the final CRLF.
+            while self.buf.len() < 2 {
+                assert!(self.fill() > 0, "closed before the end of the chunked body");
+            }
+            assert_eq!(&self.buf[..2], b"\r\n");
+            self.buf.drain(..2);
+            return None;
+        }
+        Some(data)
+    }
+
+    /// Whether the server closes the connection (EOF, or a reset) with no further bytes.
+    pub fn expect_closed(&mut self) {
+        let mut chunk = [0u8; 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {}
+            Ok(n) => panic!(
+                "expected the connection to close, got {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected the connection to close: {e}"),
+        }
+    }
+
+    /// Whether anything arrives within `d` (used only to assert that a parked request
+    /// has *not* been answered; a positive answer is always waited for with a read).
+    pub fn nothing_within(&mut self, d: Duration) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        self.stream.set_read_timeout(Some(d)).unwrap();
+        let mut chunk = [0u8; 1];
+        let quiet = match self.stream.peek(&mut chunk) {
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        quiet
+    }
+
+    pub fn close(self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// `When-Modified-After` for "everything": the epoch.
+pub const EPOCH: &str = "Thu, 01 Jan 1970 00:00:00 GMT";
+
+/// Parses an HTTP date with halley's own parser (already unit-tested against vectors).
+pub fn stamp(s: &str) -> u64 {
+    halley::time::parse_http_date(s.as_bytes())
+        .expect("valid date")
+        .as_micros()
+}

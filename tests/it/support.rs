@@ -20,6 +20,12 @@ impl Server {
     /// Starts `halley` on an ephemeral port with two workers (so cross-worker paths run)
     /// and metrics enabled, plus `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_limited(None, extra)
+    }
+
+    /// Like [`Server::start`], under a hard open-file limit of `nofile` (set by a shell
+    /// before it execs the server), for descriptor-exhaustion tests.
+    pub fn start_limited(nofile: Option<u32>, extra: &[&str]) -> Server {
         let mut args = vec![
             "--listen",
             "127.0.0.1:0",
@@ -32,7 +38,19 @@ impl Server {
             args.extend_from_slice(&["--threads", "2"]);
         }
         args.extend_from_slice(extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_halley"))
+        let mut command = match nofile {
+            None => Command::new(env!("CARGO_BIN_EXE_halley")),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    &format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+                    env!("CARGO_BIN_EXE_halley"),
+                ]);
+                c
+            }
+        };
+        let mut child = command
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -59,6 +59,24 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Bytes a stream may have queued or in flight to a slow reader; beyond it, its
+    /// pending changes are summarised (newest state, merged appends) instead of queued.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size, value_name = "BYTES")]
+    pub stream_buffer: u64,
+
+    /// Send an empty part on streams idle this long, so proxies keep them open (0 = never).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub heartbeat: Duration,
+
+    /// Kernel send buffer for stream connections (SO_SNDBUF); bounds kernel memory per
+    /// slow reader [default: the kernel's autotuning].
+    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+    pub stream_sndbuf: Option<u64>,
+
+    /// Most sub-requests in one `POST /subscribe` (or `/batch`); more is refused with 413.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_subrequests: usize,
+
     /// Serve Prometheus metrics on this separate address (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -79,6 +97,10 @@ pub enum ConfigError {
     TargetBytes,
     #[error("--max-connections must be at least 1")]
     MaxConnections,
+    #[error("--stream-buffer must be at least 1 KiB")]
+    StreamBuffer,
+    #[error("--max-subrequests must be at least 1")]
+    MaxSubrequests,
 }
 
 /// The validated configuration.
@@ -96,6 +118,10 @@ pub struct Config {
     /// `None`: derived from the open-file limit at start.
     pub max_connections: Option<usize>,
     pub metrics_listen: Option<SocketAddr>,
+    pub stream_buffer_bytes: usize,
+    pub heartbeat: Option<Duration>,
+    pub stream_sndbuf: Option<usize>,
+    pub max_subrequests: usize,
 }
 
 impl Args {
@@ -111,6 +137,12 @@ impl Args {
         }
         if self.max_connections == Some(0) {
             return Err(ConfigError::MaxConnections);
+        }
+        if self.stream_buffer < 1024 {
+            return Err(ConfigError::StreamBuffer);
+        }
+        if self.max_subrequests == 0 {
+            return Err(ConfigError::MaxSubrequests);
         }
         let threads = self
             .threads
@@ -136,6 +168,12 @@ impl Args {
             history: self.history,
             max_connections: self.max_connections,
             metrics_listen: self.metrics_listen,
+            stream_buffer_bytes: usize::try_from(self.stream_buffer).unwrap_or(usize::MAX),
+            heartbeat: nonzero(self.heartbeat),
+            stream_sndbuf: self
+                .stream_sndbuf
+                .map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
+            max_subrequests: self.max_subrequests,
         })
     }
 }

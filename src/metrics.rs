@@ -36,6 +36,14 @@ pub struct WorkerMetrics {
     pub requests: [AtomicU64; STATUS_CODES.len() + 1],
     /// Messages this worker sent to other workers.
     pub messages_sent: AtomicU64,
+    /// Open streams (gauge).
+    pub streams: AtomicI64,
+    /// Parts queued on streams.
+    pub stream_parts: AtomicU64,
+    /// Changes a slow stream reader did not get queued (summarised into a catch-up part).
+    pub summarised: AtomicU64,
+    /// Bytes queued or in flight on streams (gauge).
+    pub stream_buffered_bytes: AtomicI64,
 }
 
 impl WorkerMetrics {
@@ -86,7 +94,28 @@ impl Metrics {
         );
 
         type Field = fn(&WorkerMetrics) -> u64;
-        let per_worker: [(&str, &str, &str, Field); 11] = [
+        let per_worker: [(&str, &str, &str, Field); 15] = [
+            ("halley_streams", "gauge", "Open streams.", |m| {
+                m.streams.load(Relaxed).max(0) as u64
+            }),
+            (
+                "halley_stream_parts_total",
+                "counter",
+                "Parts queued on streams.",
+                |m| m.stream_parts.load(Relaxed),
+            ),
+            (
+                "halley_summarised_total",
+                "counter",
+                "Changes summarised for slow stream readers instead of queued.",
+                |m| m.summarised.load(Relaxed),
+            ),
+            (
+                "halley_stream_buffered_bytes",
+                "gauge",
+                "Bytes queued or in flight on streams.",
+                |m| m.stream_buffered_bytes.load(Relaxed).max(0) as u64,
+            ),
             ("halley_parked", "gauge", "Parked long polls.", |m| {
                 m.parked.load(Relaxed).max(0) as u64
             }),

@@ -112,6 +112,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         mailboxes,
         metrics: metrics.clone(),
         max_connections,
+        boundary: crate::http::frame::Boundary::random(),
     });
     let mut workers = Vec::with_capacity(threads);
     for (id, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {

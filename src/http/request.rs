@@ -358,7 +358,7 @@ fn looks_like_other_http_version(buf: &[u8]) -> bool {
 
 /// The path part of a request target: origin-form `/p?q`, absolute-form
 /// `http://host/p?q`, or `*` for OPTIONS. `None` is the empty path of `http://host`.
-fn resource_path(target: &str, method: Method) -> Result<Option<&str>, HeadError> {
+pub(crate) fn resource_path(target: &str, method: Method) -> Result<Option<&str>, HeadError> {
     let without_query = |s: &'_ str| -> usize { s.find('?').unwrap_or(s.len()) };
     if target.starts_with('/') {
         if target.contains('#') {

@@ -64,6 +64,8 @@ pub trait Store {
 pub struct MemStore {
     resources: HashMap<Arc<str>, Slot>,
     history: usize,
+    /// A byte string no representation may contain: the server's multipart boundary.
+    forbidden: Option<Bytes>,
 }
 
 struct Slot {
@@ -76,7 +78,31 @@ impl MemStore {
         MemStore {
             resources: HashMap::new(),
             history: history.max(1),
+            forbidden: None,
         }
+    }
+
+    /// A store that refuses any write whose representation would contain `forbidden`
+    /// (the multipart boundary), so no stored payload can ever forge a stream part.
+    pub fn with_forbidden(history: usize, forbidden: Bytes) -> MemStore {
+        MemStore {
+            forbidden: Some(forbidden).filter(|f| !f.is_empty()),
+            ..MemStore::new(history)
+        }
+    }
+
+    /// Whether writing `data` (appended after `tail`) would put the forbidden string
+    /// into a representation, inside `data` or across the seam with what precedes it.
+    fn would_forge(&self, tail: &[u8], data: &[u8]) -> bool {
+        let Some(f) = &self.forbidden else {
+            return false;
+        };
+        if memchr::memmem::find(data, f).is_some() {
+            return true;
+        }
+        let mut seam = tail.to_vec();
+        seam.extend_from_slice(&data[..data.len().min(f.len() - 1)]);
+        memchr::memmem::find(&seam, f).is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -98,6 +124,30 @@ fn write_reply(status: u16, ts: Timestamp, path: &str) -> Reply {
 
 impl Store for MemStore {
     fn write(&mut self, path: &str, op: WriteOp, now: Timestamp) -> Applied {
+        if let Some(f) = &self.forbidden {
+            let (tail, data): (Vec<u8>, &[u8]) = match &op {
+                WriteOp::Put { body, .. } => (Vec::new(), body),
+                WriteOp::Post { body, .. } => {
+                    let tail = self
+                        .resources
+                        .get(path)
+                        .and_then(|slot| slot.res.live())
+                        .map(|live| live.rep.rope_tail(f.len() - 1))
+                        .unwrap_or_default();
+                    (tail, body)
+                }
+                WriteOp::Delete => (Vec::new(), &[][..]),
+            };
+            if self.would_forge(&tail, data) {
+                return Applied {
+                    reply: Reply::text(
+                        400,
+                        "the payload contains this server's multipart boundary, which would forge stream parts; it was not stored",
+                    ),
+                    event: None,
+                };
+            }
+        }
         let existed = self.resources.contains_key(path);
         let history = self.history;
         let key: Arc<str> = Arc::from(path);

@@ -99,3 +99,42 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn payloads_containing_the_boundary_are_refused_even_across_appends() {
+    let mut store = MemStore::with_forbidden(8, Bytes::from_static(b"halley-abc"));
+    let put = |body: &'static [u8]| WriteOp::Put {
+        content_type: Some(Bytes::from_static(b"text/plain")),
+        body: Bytes::from_static(body),
+    };
+    let post = |body: &'static [u8]| WriteOp::Post {
+        content_type: Some(Bytes::from_static(b"text/plain")),
+        body: Bytes::from_static(body),
+    };
+    let now = Timestamp::from_micros(1);
+    assert_eq!(
+        store
+            .write("/r", put(b"x\r\n--halley-abc\r\n"), now)
+            .reply
+            .status,
+        400
+    );
+    assert_eq!(store.get("/r", None, None).status, 404, "nothing stored");
+    assert_eq!(
+        store.write("/r", put(b"start --hal"), now).reply.status,
+        201
+    );
+    // The boundary split across two appends is caught at the seam.
+    assert_eq!(
+        store.write("/r", post(b"ley-abc tail"), now).reply.status,
+        400
+    );
+    assert_eq!(
+        store.write("/r", post(b"ley-abd fine"), now).reply.status,
+        204
+    );
+    assert_eq!(
+        store.get("/r", None, None).body.to_vec(),
+        b"start --halley-abd fine"
+    );
+}

@@ -18,12 +18,14 @@ use bytes::{Buf, Bytes};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
+use super::group::GroupMode;
 use super::route::Step;
 use super::watch::ParkedConn;
 use super::{Shared, Worker};
+use crate::http::accept::StreamForm;
 use crate::http::body::{BodyDecoder, BodyError, BodyLimits};
 use crate::http::request::{parse_head, Expect, Framing, Head, HeadError, Method, Version};
-use crate::http::response::{Persistence, Reply};
+use crate::http::response::{HeadBuilder, Persistence, Reply};
 use crate::store::Shaped;
 
 /// Most iovecs handed to one `writev` (the kernel's `IOV_MAX`).
@@ -333,6 +335,48 @@ impl Task {
                         .unwrap_or_else(|_| Reply::text(500, "worker unavailable"));
                     self.out
                         .push_reply(&self.worker, reply, persistence, head_only);
+                }
+                Step::Group { mode, subs, errors } => {
+                    if self.flush().await.is_err() {
+                        return;
+                    }
+                    let chunked = head.version == Version::Http11;
+                    let persistence = match mode {
+                        // A stream ends only when the connection does; HTTP/1.0 bodies are
+                        // delimited by the close.
+                        GroupMode::Stream(_) if !chunked => Persistence::Close,
+                        GroupMode::Stream(_) => Persistence::KeepAlive,
+                        GroupMode::Once { .. } => persistence,
+                    };
+                    if let GroupMode::Stream(form) = mode {
+                        let boundary = &self.worker.shared.boundary;
+                        let subtype = match form {
+                            StreamForm::Digest => "digest",
+                            StreamForm::MixedReplace => "x-mixed-replace",
+                        };
+                        let mut h = HeadBuilder::new(200);
+                        h.header("Content-Type", &boundary.content_type(subtype));
+                        if chunked {
+                            h.header("Transfer-Encoding", b"chunked");
+                        }
+                        h.header("Cache-Control", b"no-cache")
+                            .header("X-Accel-Buffering", b"no");
+                        self.worker.metrics().count_status(200);
+                        let pieces = vec![
+                            h.finish(),
+                            self.worker.tail(persistence),
+                            boundary.opening(chunked),
+                        ];
+                        self.out.pieces.extend(pieces);
+                        if self.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                    let worker = self.worker.clone();
+                    let mut conn = self.conn;
+                    conn.buf = Vec::new();
+                    worker.start_group(conn, mode, chunked, persistence, head_only, subs, errors);
+                    return;
                 }
                 Step::Poll { path, query } => {
                     if self.flush().await.is_err() {

@@ -33,11 +33,13 @@ pub enum Msg {
         reply: oneshot::Sender<Reply>,
     },
     /// To the owner: a long poll of worker `from`'s waiter `id`, from stamp `query.t`.
+    /// `stay`: keep sending changes after the answer (streams).
     Poll {
         path: Arc<str>,
         query: WaitQuery,
         from: usize,
         id: WaiterId,
+        stay: bool,
     },
     /// To the owner: worker `from` no longer watches `path`.
     Unwatch { path: Arc<str>, from: usize },

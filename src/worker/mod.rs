@@ -13,6 +13,7 @@
 //! - Every path that takes a waiter out of the wait list also removes its hang-up poll.
 
 pub mod conn;
+pub mod group;
 pub mod hangup;
 pub mod mailbox;
 pub mod route;
@@ -31,14 +32,16 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::http::frame::{Boundary, Frame};
 use crate::http::response::{Persistence, Reply, Tails};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::store::{Answer, ChangeEvent, MemStore, Shaped, Store, WriteOp};
 use crate::time::Timestamp;
 use conn::Connection;
+use group::{End, GroupId, Groups, GROUP_TOKEN};
 use hangup::{Hangup, HangupRing};
 use mailbox::{Inbox, Mailbox, Msg};
-use watch::{ParkedConn, WaitQuery, WaitState, WaiterId, WatchTable};
+use watch::{Holder, ParkedConn, WaitQuery, WaitState, WaiterId, WatchTable};
 
 /// The most workers a server runs (the size of [`WorkerSet`]).
 pub const MAX_WORKERS: usize = 256;
@@ -49,6 +52,15 @@ pub struct Shared {
     pub mailboxes: Vec<Mailbox>,
     pub metrics: Arc<Metrics>,
     pub max_connections: usize,
+    /// The multipart boundary of every stream and multipart answer.
+    pub boundary: Boundary,
+}
+
+/// What a deadline expires.
+#[derive(Clone, Copy, Debug)]
+pub enum Expiry {
+    Waiter(WaiterId),
+    Group(GroupId),
 }
 
 /// Which shard owns `path`: a stable FNV-1a hash of the path, modulo the worker count.
@@ -93,12 +105,14 @@ pub struct Worker {
     store: RefCell<Box<dyn Store>>,
     /// Owner side: for each resource of this shard, the workers that watch it.
     interest: RefCell<HashMap<Arc<str>, WorkerSet>>,
-    /// Watcher side: the parked long polls of this worker's connections.
+    /// Watcher side: the parked long polls and stream subscriptions of this worker's connections.
     watch: RefCell<WatchTable>,
+    /// Streams and `/subscribe` groups of this worker's connections.
+    groups: RefCell<Groups>,
     hangup: HangupRing,
     /// Poll deadlines in arrival order; every deadline is "park time + poll timeout",
     /// so the queue is sorted by construction and the front is the next to expire.
-    deadlines: RefCell<VecDeque<(Instant, WaiterId)>>,
+    deadlines: RefCell<VecDeque<(Instant, Expiry)>>,
     deadline_added: Notify,
     tails: RefCell<Tails>,
 }
@@ -123,7 +137,7 @@ impl Worker {
         shard_for(path, self.shared.mailboxes.len())
     }
 
-    fn send(&self, to: usize, msg: Msg) {
+    pub(crate) fn send(&self, to: usize, msg: Msg) {
         self.metrics().messages_sent.fetch_add(1, Relaxed);
         self.shared.mailboxes[to].send(msg);
     }
@@ -161,13 +175,20 @@ impl Worker {
         self.store.borrow().get(path, range, ims)
     }
 
-    /// Answers a long poll for worker `from`; registers `from` as a watcher if it must wait.
-    fn poll_for(&self, path: &Arc<str>, query: &WaitQuery, from: usize) -> Answer {
+    /// Answers a long poll for worker `from`; registers `from` as a watcher if it must
+    /// wait, or in any case when `stay` (a stream keeps watching after its answer).
+    pub(crate) fn poll_for(
+        &self,
+        path: &Arc<str>,
+        query: &WaitQuery,
+        from: usize,
+        stay: bool,
+    ) -> Answer {
         let answer = self
             .store
             .borrow()
             .poll(path, query.t, query.range.as_ref());
-        if let Answer::Wait { .. } = answer {
+        if stay || matches!(answer, Answer::Wait { .. }) {
             self.interest
                 .borrow_mut()
                 .entry(path.clone())
@@ -199,7 +220,7 @@ impl Worker {
     ) -> Option<(ParkedConn, Reply)> {
         let owner = self.owner_of(&path);
         if owner == self.id {
-            match self.poll_for(&path, &query, self.id) {
+            match self.poll_for(&path, &query, self.id, false) {
                 Answer::Now(reply) => Some((parked, reply)),
                 Answer::Wait { since } => {
                     self.park(path, WaitState::Parked { since }, query, parked);
@@ -215,6 +236,7 @@ impl Worker {
                     query,
                     from: self.id,
                     id,
+                    stay: false,
                 },
             );
             None
@@ -229,14 +251,13 @@ impl Worker {
         parked: ParkedConn,
     ) -> WaiterId {
         let fd = parked.conn.stream.as_raw_fd();
-        let id = self.watch.borrow_mut().insert(path, state, query, parked);
+        let id = self
+            .watch
+            .borrow_mut()
+            .insert(path, state, query, Holder::Poll(parked));
         self.hangup.watch(fd, id.token());
         if let Some(timeout) = self.config().poll_timeout {
-            let mut deadlines = self.deadlines.borrow_mut();
-            deadlines.push_back((Instant::now() + timeout, id));
-            if deadlines.len() == 1 {
-                self.deadline_added.notify_one();
-            }
+            self.add_deadline(timeout, Expiry::Waiter(id));
         }
         let m = self.metrics();
         m.parked.fetch_add(1, Relaxed);
@@ -244,21 +265,36 @@ impl Worker {
         id
     }
 
-    /// Takes a waiter out of the wait list (removing its hang-up poll).
-    fn unpark(&self, id: WaiterId, remove_poll: bool) -> Option<watch::Waiter> {
+    fn add_deadline(&self, timeout: Duration, what: Expiry) {
+        let mut deadlines = self.deadlines.borrow_mut();
+        deadlines.push_back((Instant::now() + timeout, what));
+        if deadlines.len() == 1 {
+            self.deadline_added.notify_one();
+        }
+    }
+
+    /// Takes a long poll out of the wait list (removing its hang-up poll); returns its
+    /// connection.
+    fn unpark(&self, id: WaiterId, remove_poll: bool) -> Option<ParkedConn> {
+        if !matches!(self.watch.borrow().get(id)?.holder, Holder::Poll(_)) {
+            return None;
+        }
         let w = self.watch.borrow_mut().remove(id)?;
         if remove_poll {
             self.hangup.unwatch(id.token());
         }
         self.metrics().parked.fetch_sub(1, Relaxed);
-        Some(w)
+        match w.holder {
+            Holder::Poll(parked) => Some(parked),
+            Holder::Group(_) => None,
+        }
     }
 
-    /// Answers a waiter and lets its connection carry on.
+    /// Answers a long poll and lets its connection carry on.
     fn release(self: &Rc<Self>, id: WaiterId, shaped: Shaped) {
-        if let Some(w) = self.unpark(id, true) {
+        if let Some(parked) = self.unpark(id, true) {
             self.metrics().deliveries.fetch_add(1, Relaxed);
-            tokio_uring::spawn(conn::answer_parked(self.clone(), w.parked, shaped));
+            tokio_uring::spawn(conn::answer_parked(self.clone(), parked, shaped));
         }
     }
 
@@ -282,30 +318,42 @@ impl Worker {
             return;
         };
         for id in ids {
-            let (since, range) = match self.watch.borrow().get(id) {
+            let (since, range, group) = match self.watch.borrow().get(id) {
                 Some(w) => match w.state {
-                    WaitState::Parked { since } if since < event.ts => (since, w.query.range),
+                    WaitState::Parked { since } if since < event.ts => (
+                        since,
+                        w.query.range,
+                        match w.holder {
+                            Holder::Poll(_) => None,
+                            Holder::Group(g) => Some(g),
+                        },
+                    ),
                     // Pending: the owner's answer (sent after this change) covers it.
+                    // Dirty: a catch-up part will.
                     _ => continue,
                 },
                 None => continue,
             };
-            match event.answer_for(since, range.as_ref()) {
-                Some(shaped) => self.release(id, shaped),
-                None => self.requery(id, since),
+            match group {
+                Some(gid) => self.group_change(id, gid, since, range, event),
+                None => match event.answer_for(since, range.as_ref()) {
+                    Some(shaped) => self.release(id, shaped),
+                    None => self.requery(id, since),
+                },
             }
         }
         self.hangup.flush();
     }
 
-    /// Asks the owner for the full answer of a waiter that one change does not describe.
+    /// Asks the owner for the full answer of a waiter that one change does not
+    /// describe (or, for a stream, that was summarised).
     fn requery(self: &Rc<Self>, id: WaiterId, since: Timestamp) {
         let (path, query) = {
             let mut watch = self.watch.borrow_mut();
             let Some(w) = watch.get_mut(id) else { return };
             w.state = WaitState::Pending;
             // From the state the client has, not the stamp it sent (which may be ahead
-            // of our clock): this change is after `since`, so the answer is immediate.
+            // of our clock): a change is after `since`, so the answer is immediate.
             (
                 w.path().clone(),
                 WaitQuery {
@@ -314,24 +362,18 @@ impl Worker {
                 },
             )
         };
-        let owner = self.owner_of(&path);
-        if owner == self.id {
-            let answer = self.poll_for(&path, &query, self.id);
-            self.handle_poll_answer(id, answer);
-        } else {
-            self.send(
-                owner,
-                Msg::Poll {
-                    path,
-                    query,
-                    from: self.id,
-                    id,
-                },
-            );
-        }
+        self.ask_owner(id, path, query);
     }
 
     fn handle_poll_answer(self: &Rc<Self>, id: WaiterId, answer: Answer) {
+        let group = match self.watch.borrow().get(id).map(|w| &w.holder) {
+            Some(Holder::Poll(_)) => None,
+            Some(Holder::Group(g)) => Some(*g),
+            None => return,
+        };
+        if let Some(gid) = group {
+            return self.group_answer(id, gid, answer);
+        }
         match answer {
             Answer::Now(reply) => self.release(id, Shaped::from_reply(reply)),
             Answer::Wait { since } => {
@@ -361,8 +403,9 @@ impl Worker {
                 query,
                 from,
                 id,
+                stay,
             } => {
-                let answer = self.poll_for(&path, &query, from);
+                let answer = self.poll_for(&path, &query, from, stay);
                 self.send(from, Msg::PollAnswer { id, answer });
             }
             Msg::Unwatch { path, from } => self.unwatch(&path, from),
@@ -393,8 +436,11 @@ impl Worker {
             for event in batch.drain(..) {
                 if let Hangup::Closed(token) = event {
                     // The poll completed, so there is nothing to remove; dropping the
-                    // waiter closes its connection.
-                    if self.unpark(WaiterId::from_token(token), false).is_some() {
+                    // waiter (or the group) closes its connection.
+                    if token & GROUP_TOKEN != 0 {
+                        self.metrics().hangups.fetch_add(1, Relaxed);
+                        self.end_group(GroupId::from_token(token), End::HungUp);
+                    } else if self.unpark(WaiterId::from_token(token), false).is_some() {
                         self.metrics().hangups.fetch_add(1, Relaxed);
                     }
                 }
@@ -414,14 +460,30 @@ impl Worker {
                 continue;
             }
             self.deadlines.borrow_mut().pop_front();
-            let t = self.watch.borrow().get(id).map(|w| w.query.t);
-            if let Some(t) = t {
-                self.metrics().poll_timeouts.fetch_add(1, Relaxed);
-                let mut reply = Reply::new(304);
-                reply.last_modified = Some(t);
-                self.release(id, Shaped::from_reply(reply));
-                self.hangup.flush();
+            match id {
+                Expiry::Waiter(id) => {
+                    let t = self.watch.borrow().get(id).map(|w| w.query.t);
+                    if let Some(t) = t {
+                        self.metrics().poll_timeouts.fetch_add(1, Relaxed);
+                        let mut reply = Reply::new(304);
+                        reply.last_modified = Some(t);
+                        self.release(id, Shaped::from_reply(reply));
+                    }
+                }
+                Expiry::Group(gid) => self.expire_group(gid),
             }
+            self.hangup.flush();
+        }
+    }
+
+    async fn heartbeat_loop(self: Rc<Self>, every: Duration) {
+        let heartbeat = Frame::heartbeat(&self.shared.boundary);
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            self.heartbeat_tick(&heartbeat);
         }
     }
 
@@ -478,9 +540,13 @@ pub fn run(
         let listener = tokio_uring::net::TcpListener::from_std(listener);
         let worker = Rc::new(Worker {
             id,
-            store: RefCell::new(Box::new(MemStore::new(shared.config.history))),
+            store: RefCell::new(Box::new(MemStore::with_forbidden(
+                shared.config.history,
+                bytes::Bytes::copy_from_slice(shared.boundary.as_bytes()),
+            ))),
             interest: RefCell::new(HashMap::new()),
             watch: RefCell::new(WatchTable::default()),
+            groups: RefCell::new(Groups::default()),
             hangup: HangupRing::new()?,
             deadlines: RefCell::new(VecDeque::new()),
             deadline_added: Notify::new(),
@@ -490,6 +556,9 @@ pub fn run(
         tokio_uring::spawn(worker.clone().inbox_loop(inbox));
         tokio_uring::spawn(worker.clone().hangup_loop());
         tokio_uring::spawn(worker.clone().deadline_loop());
+        if let Some(every) = worker.config().heartbeat {
+            tokio_uring::spawn(worker.clone().heartbeat_loop(every));
+        }
         worker.accept_loop(listener).await;
         Ok(())
     })

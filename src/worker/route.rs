@@ -8,11 +8,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::group::{GroupMode, SubSpec};
 use super::mailbox::Msg;
 use super::watch::WaitQuery;
 use super::Worker;
+use crate::http::accept::{negotiate_all, StreamForm};
+use crate::http::multipart::{self, PartLimits, SubRequest};
 use crate::http::range::{parse_range, RangeSpec};
-use crate::http::request::{Head, Method};
+use crate::http::request::{resource_path, Head, Method};
 use crate::http::response::Reply;
 use crate::store::WriteOp;
 use crate::time::{parse_http_date, Timestamp};
@@ -30,6 +33,13 @@ pub enum Step {
     Remote(oneshot::Receiver<Reply>),
     /// A long poll: answer now or park.
     Poll { path: Arc<str>, query: WaitQuery },
+    /// A stream or a `/subscribe`: the connection becomes a group watching `subs`;
+    /// `errors` are the answers of sub-requests that failed on their own.
+    Group {
+        mode: GroupMode,
+        subs: Vec<SubSpec>,
+        errors: Vec<Reply>,
+    },
 }
 
 fn options(allow: &'static str) -> Reply {
@@ -52,6 +62,9 @@ impl Worker {
         let path = head.path();
         if path == "*" {
             return Step::Reply(options(RESOURCE_ALLOW));
+        }
+        if path == "/subscribe" && head.method == Method::Post {
+            return self.route_subscribe(head, &body);
         }
         if RESERVED_PATHS.contains(&path) {
             return Step::Reply(match head.method {
@@ -91,16 +104,43 @@ impl Worker {
             Ok(r) => r.flatten(),
             Err(e) => return Step::Reply(Reply::text(400, format_args!("invalid Range: {e}"))),
         };
-        if let Some(value) = head.header("when-modified-after") {
-            return match parse_http_date(value) {
-                Ok(t) => Step::Poll {
-                    path: Arc::from(path),
-                    query: WaitQuery { t, range },
-                },
-                Err(e) => Step::Reply(Reply::text(
+        let wma = match head
+            .header("when-modified-after")
+            .map(parse_http_date)
+            .transpose()
+        {
+            Ok(t) => t,
+            Err(e) => {
+                return Step::Reply(Reply::text(
                     400,
                     format_args!("invalid When-Modified-After: {e}"),
-                )),
+                ))
+            }
+        };
+        if head.method == Method::Get {
+            if let Some(form) = negotiate_all(head.headers_named("accept")).stream {
+                // A stream starts with what changed after T, or with the current state.
+                let range = if form == StreamForm::MixedReplace {
+                    None
+                } else {
+                    range
+                };
+                let spec = SubSpec {
+                    path: Arc::from(path),
+                    t: wma.unwrap_or(Timestamp::ZERO),
+                    range,
+                };
+                return Step::Group {
+                    mode: GroupMode::Stream(form),
+                    subs: vec![spec],
+                    errors: Vec::new(),
+                };
+            }
+        }
+        if let Some(t) = wma {
+            return Step::Poll {
+                path: Arc::from(path),
+                query: WaitQuery { t, range },
             };
         }
         // RFC 9110 §13.1.3: an invalid If-Modified-Since is ignored.
@@ -108,6 +148,48 @@ impl Worker {
             .header("if-modified-since")
             .and_then(|v| parse_http_date(v).ok());
         self.read(path, range, ims)
+    }
+
+    /// `POST /subscribe`: a multipart/digest body of GET sub-requests (PROTOCOL.md §5).
+    fn route_subscribe(self: &Rc<Self>, head: &Head, body: &Bytes) -> Step {
+        let negotiation = negotiate_all(head.headers_named("accept"));
+        let mode = match negotiation.stream {
+            Some(StreamForm::Digest) => GroupMode::Stream(StreamForm::Digest),
+            _ => GroupMode::Once {
+                multipart: negotiation.digest_acceptable,
+            },
+        };
+        let Some(content_type) = head.header("content-type") else {
+            return Step::Reply(Reply::text(
+                415,
+                "POST /subscribe needs Content-Type: multipart/digest; boundary=...",
+            ));
+        };
+        let parts = multipart::boundary(content_type).and_then(|b| {
+            multipart::split_parts(
+                body,
+                b,
+                PartLimits {
+                    max_parts: self.config().max_subrequests,
+                },
+            )
+        });
+        let parts = match parts {
+            Ok(parts) => parts,
+            Err(e) => return Step::Reply(Reply::text(e.status(), e)),
+        };
+        let mut subs = Vec::with_capacity(parts.len());
+        let mut errors = Vec::new();
+        for part in parts {
+            match multipart::parse_subrequest(part) {
+                Ok(sub) => match subscription(&sub, head) {
+                    Ok(spec) => subs.push(spec),
+                    Err(reply) => errors.push(*reply),
+                },
+                Err(e) => errors.push(Reply::text(400, format_args!("invalid sub-request: {e}"))),
+            }
+        }
+        Step::Group { mode, subs, errors }
     }
 
     fn read(self: &Rc<Self>, path: &str, range: Option<RangeSpec>, ims: Option<Timestamp>) -> Step {
@@ -148,4 +230,45 @@ impl Worker {
 
 fn content_type(head: &Head) -> Option<Bytes> {
     head.header("content-type").map(Bytes::copy_from_slice)
+}
+
+/// Interprets one `/subscribe` sub-request: its own headers first, then the parent's
+/// (`When-Modified-After`, `Range`, … are inherited unless the sub-request sets them).
+fn subscription(sub: &SubRequest<'_>, parent: &Head) -> Result<SubSpec, Box<Reply>> {
+    let target = sub.target;
+    let fail = |status: u16, message: std::fmt::Arguments<'_>| {
+        let mut r = Reply::text(status, message);
+        r.content_location = Some(Bytes::copy_from_slice(target.as_bytes()));
+        Box::new(r)
+    };
+    let path = match resource_path(target, Method::Get) {
+        Ok(Some(p)) => p,
+        Ok(None) => "/",
+        Err(e) => return Err(fail(400, format_args!("invalid sub-request target: {e}"))),
+    };
+    if sub.method != "GET" {
+        let mut r = fail(405, format_args!("sub-requests of /subscribe must be GET"));
+        r.allow = Some("GET");
+        return Err(r);
+    }
+    if RESERVED_PATHS.contains(&path) {
+        return Err(fail(400, format_args!("{path} cannot be subscribed to")));
+    }
+    let inherited = |name: &str| sub.header(name).or_else(|| parent.header(name));
+    let t = match inherited("when-modified-after")
+        .map(parse_http_date)
+        .transpose()
+    {
+        Ok(t) => t.unwrap_or(Timestamp::ZERO),
+        Err(e) => return Err(fail(400, format_args!("invalid When-Modified-After: {e}"))),
+    };
+    let range = match inherited("range").map(parse_range).transpose() {
+        Ok(r) => r.flatten(),
+        Err(e) => return Err(fail(400, format_args!("invalid Range: {e}"))),
+    };
+    Ok(SubSpec {
+        path: Arc::from(path),
+        t,
+        range,
+    })
 }

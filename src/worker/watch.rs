@@ -6,9 +6,14 @@
 //! no task, no timer, no read buffer; the connection's task ended when it parked and a
 //! new one is spawned when the waiter is answered.
 //!
+//! A waiter is held either by a single long poll ([`Holder::Poll`], which owns its
+//! connection) or by a group ([`Holder::Group`]: a stream or a `/subscribe`, which owns
+//! the connection and has one waiter per resource it watches).
+//!
 //! A waiter is `Pending` while the owning worker of its resource has not yet said
 //! whether to answer now or to wait; it is `Parked` once it waits for a change after
-//! `since`.
+//! `since`; a stream's waiter is `Dirty` while its reader is behind and its changes are
+//! being summarised into one catch-up part.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use std::sync::Arc;
 use slab::Slab;
 
 use super::conn::Connection;
+use super::group::GroupId;
 use crate::http::range::RangeSpec;
 use crate::http::response::Persistence;
 use crate::time::Timestamp;
@@ -31,6 +37,7 @@ pub struct WaiterId {
 }
 
 impl WaiterId {
+    /// The hang-up token (keys stay below 2^31; group tokens set the top bit).
     pub fn token(self) -> u64 {
         (u64::from(self.key) << 32) | u64::from(self.gen)
     }
@@ -49,9 +56,13 @@ pub enum WaitState {
     Pending,
     /// Up to date with the state stamped `since`; answered by the next change.
     Parked { since: Timestamp },
+    /// A stream's reader fell behind after `since`: changes are not queued but
+    /// summarised by one catch-up part once the reader drains its queue.
+    Dirty { since: Timestamp },
 }
 
-/// What the client asked: the `When-Modified-After` stamp as sent and its `Range`.
+/// What the client asked: the `When-Modified-After` stamp as sent and its `Range`
+/// (for a stream, the range position, moved forward with every part sent).
 #[derive(Clone, Copy, Debug)]
 pub struct WaitQuery {
     pub t: Timestamp,
@@ -65,6 +76,14 @@ pub struct ParkedConn {
     pub head_only: bool,
 }
 
+/// Who a waiter answers to.
+pub enum Holder {
+    /// A single long poll, which owns its connection.
+    Poll(ParkedConn),
+    /// A stream or a `/subscribe` group.
+    Group(GroupId),
+}
+
 pub struct Waiter {
     gen: u32,
     path: Arc<str>,
@@ -72,7 +91,7 @@ pub struct Waiter {
     next: u32,
     pub state: WaitState,
     pub query: WaitQuery,
-    pub parked: ParkedConn,
+    pub holder: Holder,
 }
 
 impl Waiter {
@@ -115,7 +134,7 @@ impl WatchTable {
         path: Arc<str>,
         state: WaitState,
         query: WaitQuery,
-        parked: ParkedConn,
+        holder: Holder,
     ) -> WaiterId {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
@@ -131,7 +150,7 @@ impl WatchTable {
             next: old_head,
             state,
             query,
-            parked,
+            holder,
         }) as u32;
         if old_head != NIL {
             self.waiters[old_head as usize].prev = key;

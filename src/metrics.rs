@@ -222,14 +222,40 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketA
     let local = listener.local_addr()?;
     std::thread::Builder::new()
         .name("halley-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Err(e) = answer_scrape(stream, &metrics) {
+        .spawn(move || scrape_loop(listener, &metrics))?;
+    Ok(local)
+}
+
+/// Accepts scrapes one at a time. Metrics matter most when the server is in trouble,
+/// so the thread keeps one spare descriptor: when accept fails because the process is
+/// out of descriptors, it releases the spare, accepts the scrape with it, answers, and
+/// takes the spare back. Other accept failures back off instead of spinning.
+fn scrape_loop(listener: TcpListener, metrics: &Metrics) {
+    let reserve = || std::fs::File::open("/dev/null").ok();
+    let mut spare = reserve();
+    loop {
+        let accepted = match listener.accept() {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && spare.is_some() => {
+                spare = None; // closes the spare: one descriptor is free for this accept
+                listener.accept()
+            }
+            other => other,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                if let Err(e) = answer_scrape(stream, metrics) {
                     tracing::debug!(error = %e, "metrics scrape failed");
                 }
             }
-        })?;
-    Ok(local)
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics accept failed");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if spare.is_none() {
+            spare = reserve();
+        }
+    }
 }
 
 fn answer_scrape(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {

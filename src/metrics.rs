@@ -92,6 +92,11 @@ impl Metrics {
             "Connection ceiling in force.",
             self.max_connections.load(Relaxed) as i64,
         );
+        gauge(
+            "halley_shared_encodings",
+            "Response heads and stream parts encoded for changes (each built once, shared by every watcher that gets it).",
+            crate::store::event::SHARED_ENCODINGS.load(Relaxed) as i64,
+        );
 
         type Field = fn(&WorkerMetrics) -> u64;
         let per_worker: [(&str, &str, &str, Field); 15] = [
@@ -235,7 +240,10 @@ fn scrape_loop(listener: TcpListener, metrics: &Metrics) {
     let mut spare = reserve();
     loop {
         let accepted = match listener.accept() {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && spare.is_some() => {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                    && spare.is_some() =>
+            {
                 spare = None; // closes the spare: one descriptor is free for this accept
                 listener.accept()
             }

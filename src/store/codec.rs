@@ -153,6 +153,12 @@ impl Representation {
                 }
             }
             CodecKind::Atom => {
+                let root = check_xml(&body)?;
+                if root != b"feed" {
+                    return Err(CodecError::InvalidAtom(
+                        "the document's root element must be <feed>",
+                    ));
+                }
                 let close = memchr::memmem::rfind(&body, b"</feed>").ok_or(
                     CodecError::InvalidAtom("a feed document must end with </feed>"),
                 )?;
@@ -295,6 +301,50 @@ impl Representation {
     }
 }
 
+/// Checks that `doc` is one well-formed XML element (after an optional declaration,
+/// comments and whitespace); returns the root element's local name.
+fn check_xml(doc: &[u8]) -> Result<Vec<u8>, CodecError> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(doc);
+    reader.config_mut().check_end_names = true;
+    let mut depth = 0usize;
+    let mut root: Option<Vec<u8>> = None;
+    let mut buf = Vec::new();
+    loop {
+        let event = reader
+            .read_event_into(&mut buf)
+            .map_err(|_| CodecError::InvalidAtom("the XML is not well-formed"))?;
+        match event {
+            Event::Start(e) => {
+                if depth == 0 {
+                    if root.is_some() {
+                        return Err(CodecError::InvalidAtom("more than one root element"));
+                    }
+                    root = Some(e.local_name().as_ref().to_vec());
+                }
+                depth += 1;
+            }
+            Event::End(_) => depth = depth.saturating_sub(1),
+            Event::Empty(e) if depth == 0 => {
+                if root.is_some() {
+                    return Err(CodecError::InvalidAtom("more than one root element"));
+                }
+                root = Some(e.local_name().as_ref().to_vec());
+            }
+            Event::Text(t) if depth == 0 && !t.iter().all(u8::is_ascii_whitespace) => {
+                return Err(CodecError::InvalidAtom("text outside the root element"));
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    if depth != 0 {
+        return Err(CodecError::InvalidAtom("an element is not closed"));
+    }
+    root.ok_or(CodecError::InvalidAtom("no root element"))
+}
+
 fn is_json_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
@@ -332,9 +382,9 @@ fn atom_entry(entry: &Bytes) -> Result<Bytes, CodecError> {
             "a POST to an Atom feed must be one <entry> element",
         ));
     }
-    if memchr::memmem::find(&s[6..], b"<entry").is_some() {
+    if check_xml(s)? != b"entry" {
         return Err(CodecError::InvalidAtom(
-            "a POST to an Atom feed must hold exactly one <entry>",
+            "a POST to an Atom feed must be one <entry> element",
         ));
     }
     let mut b = BytesMut::with_capacity(s.len() + 1);
@@ -460,5 +510,16 @@ mod tests {
             "<feed xmlns=\"http://www.w3.org/2005/Atom\"><title>t</title><entry>2</entry>\n</feed>"
         );
         assert!(Representation::from_put(CodecKind::Atom, b("<html/>")).is_err());
+        assert!(
+            Representation::from_put(CodecKind::Atom, b("<feed><entry></feed>")).is_err(),
+            "not well-formed"
+        );
+        assert!(r.append(b("<entry><title>unclosed</entry>")).is_err());
+        assert!(r.append(b("<entry/><entry/>")).is_err());
+        assert!(r
+            .append(b(
+                "<entry xmlns=\"http://www.w3.org/2005/Atom\"><id>x</id></entry>"
+            ))
+            .is_ok());
     }
 }

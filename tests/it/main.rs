@@ -7,3 +7,4 @@ mod http1;
 mod longpoll;
 mod rest;
 mod scale;
+mod stream;

@@ -159,7 +159,11 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Wraps an already connected socket (one with special options).
+    pub fn from_stream(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         Client {
@@ -375,4 +379,312 @@ pub fn stamp(s: &str) -> u64 {
     halley::time::parse_http_date(s.as_bytes())
         .expect("valid date")
         .as_micros()
+}
+
+/// One part of a multipart stream, as parsed by `multer` (an independent MIME parser).
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Part {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The embedded HTTP response of a `multipart/digest` part.
+    pub fn response(&self) -> Response {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/http; msgtype=response"),
+            "digest part type"
+        );
+        let mut hs = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut hs);
+        let n = match r.parse(&self.body).expect("embedded response head") {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!(
+                "incomplete embedded response: {:?}",
+                String::from_utf8_lossy(&self.body)
+            ),
+        };
+        let headers: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let resp = Response {
+            status: r.code.unwrap(),
+            headers,
+            body: self.body[n..].to_vec(),
+        };
+        let cl: usize = resp
+            .header("content-length")
+            .expect("embedded Content-Length")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            resp.body.len(),
+            cl,
+            "embedded Content-Length matches the part"
+        );
+        resp
+    }
+}
+
+/// A multipart response read incrementally: a thread de-chunks the body and feeds
+/// `multer`, and every part it completes arrives on a channel.
+pub struct PartStream {
+    pub head: Response,
+    pub boundary: String,
+    parts: std::sync::mpsc::Receiver<Result<Part, String>>,
+    /// Every body byte received, for other parsers (Python's `email`).
+    pub raw: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    pub ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PartStream {
+    /// Reads the response head from `client` (the request already sent) and starts parsing.
+    pub fn open(mut client: Client) -> PartStream {
+        let head = client.read_stream_head();
+        assert_eq!(head.status, 200, "stream status: {}", head.text());
+        let ct = head
+            .header("content-type")
+            .expect("Content-Type")
+            .to_string();
+        let boundary = ct
+            .split("boundary=")
+            .nth(1)
+            .expect("boundary parameter")
+            .trim()
+            .to_string();
+        let chunked = head
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let raw = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (raw2, ended2, b2) = (raw.clone(), ended.clone(), boundary.clone());
+        client.stream.set_read_timeout(None).unwrap();
+        std::thread::spawn(move || {
+            let (btx, brx) =
+                tokio::sync::mpsc::unbounded_channel::<Result<bytes::Bytes, std::io::Error>>();
+            // Reader: network bytes (de-chunked) into multer's input.
+            let raw3 = raw2.clone();
+            std::thread::spawn(move || loop {
+                let data = if chunked {
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        client.read_chunk()
+                    })) {
+                        Ok(Some(d)) => d,
+                        _ => break,
+                    }
+                } else {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    match client
+                        .take_buffered()
+                        .or_else(|| match client.stream.read(&mut buf) {
+                            Ok(0) | Err(_) => None,
+                            Ok(n) => Some(buf[..n].to_vec()),
+                        }) {
+                        Some(d) => d,
+                        None => break,
+                    }
+                };
+                raw3.lock().unwrap().extend_from_slice(&data);
+                if btx.send(Ok(bytes::Bytes::from(data))).is_err() {
+                    break;
+                }
+            });
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let input = futures_util::stream::unfold(brx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                });
+                let mut multipart = multer::Multipart::new(input, b2);
+                loop {
+                    match multipart.next_field().await {
+                        Ok(Some(field)) => {
+                            let headers = field
+                                .headers()
+                                .iter()
+                                .map(|(n, v)| {
+                                    (
+                                        n.as_str().to_string(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
+                                .collect();
+                            match field.bytes().await {
+                                Ok(body) => {
+                                    if tx
+                                        .send(Ok(Part {
+                                            headers,
+                                            body: body.to_vec(),
+                                        }))
+                                        .is_err()
+                                    {
+                                        return;
+                                    }
+                                }
+                                Err(e) => {
+                                    let _ = tx.send(Err(e.to_string()));
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(None) => {
+                            ended2.store(true, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    }
+                }
+            });
+        });
+        PartStream {
+            head,
+            boundary,
+            parts: rx,
+            raw,
+            ended,
+        }
+    }
+
+    /// The next complete part (fails the test after [`READ_TIMEOUT`]).
+    pub fn next(&self) -> Part {
+        match self.parts.recv_timeout(READ_TIMEOUT) {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => panic!("MIME parser error: {e}"),
+            Err(_) => panic!("no part arrived within {READ_TIMEOUT:?}"),
+        }
+    }
+
+    /// Waits for the multipart body to end (close delimiter seen by the parser).
+    pub fn expect_end(&self) {
+        match self.parts.recv_timeout(READ_TIMEOUT) {
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                assert!(
+                    self.ended.load(std::sync::atomic::Ordering::SeqCst),
+                    "stream ended without a close delimiter"
+                );
+            }
+            Ok(p) => panic!("expected the end of the stream, got a part: {p:?}"),
+            Err(e) => panic!("the stream did not end: {e}"),
+        }
+    }
+}
+
+impl Client {
+    /// Reads a response head only (the body is a stream).
+    pub fn read_stream_head(&mut self) -> Response {
+        loop {
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut hs);
+            if let httparse::Status::Complete(n) = r.parse(&self.buf).expect("valid response head")
+            {
+                let headers = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                let status = r.code.unwrap();
+                self.buf.drain(..n);
+                return Response {
+                    status,
+                    headers,
+                    body: Vec::new(),
+                };
+            }
+            assert!(self.fill() > 0, "closed before a response head");
+        }
+    }
+
+    /// Bytes already read past the last parsed element, if any.
+    pub fn take_buffered(&mut self) -> Option<Vec<u8>> {
+        (!self.buf.is_empty()).then(|| std::mem::take(&mut self.buf))
+    }
+}
+
+/// Parses a complete multipart body with Python's standard `email` package (a second,
+/// independent MIME parser); returns each part's headers and payload.
+pub fn python_parts(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let script = r#"
+import sys, email, email.policy, json, base64
+data = sys.stdin.buffer.read()
+ct = sys.argv[1]
+msg = email.message_from_bytes(b"Content-Type: " + ct.encode() + b"\r\n\r\n" + data, policy=email.policy.HTTP)
+out = []
+for part in msg.iter_parts():
+    payload = part.get_payload(decode=False)
+    if isinstance(payload, list):
+        payload = b"".join(p.as_bytes() for p in payload)
+    elif isinstance(payload, str):
+        payload = payload.encode("utf-8", "surrogateescape")
+    out.append([str(part.get("Content-Type")), base64.b64encode(payload).decode()])
+print(json.dumps({"defects": [str(d) for d in msg.defects], "parts": out}))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script, content_type])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (the CI script installs it)");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python failed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            use base64_decode as d;
+            (
+                p[0].as_str().unwrap().to_string(),
+                d(p[1].as_str().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// Minimal standard base64 decoding (for the Python bridge).
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => 0,
+        }
+    };
+    let mut out = Vec::new();
+    for chunk in s.as_bytes().chunks(4) {
+        let n = chunk.iter().fold(0u32, |acc, &c| (acc << 6) | val(c));
+        let pad = chunk.iter().filter(|&&c| c == b'=').count();
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..4 - pad]);
+    }
+    out
 }

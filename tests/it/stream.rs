@@ -670,3 +670,80 @@ fn atom_feeds() {
         assert!(check.success(), "well-formed XML: {doc}");
     }
 }
+
+#[test]
+fn memory_stays_bounded_with_a_thousand_stalled_readers() {
+    const READERS: usize = 1000;
+    const RESOURCES: usize = 10;
+    const SIZE: usize = 4096;
+    let server = Server::start(&["--stream-buffer", "8KiB", "--stream-sndbuf", "8KiB"]);
+    let mut w = server.client();
+    for r in 0..RESOURCES {
+        w.put(&format!("/s/{r}"), "text/plain", b"");
+    }
+    let readers: Vec<Client> = (0..READERS)
+        .map(|i| {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.set_recv_buffer_size(4096).unwrap();
+            sock.connect(&server.addr.into()).unwrap();
+            let mut c = Client::from_stream(sock.into());
+            let path = format!("/s/{}", i % RESOURCES);
+            c.send_request(
+                "GET",
+                &path,
+                &[("Accept", "multipart/digest"), ("Range", "bytes=0-")],
+                b"",
+            );
+            c
+        })
+        .collect();
+    server.wait_metric("halley_streams", READERS as f64);
+    let rss_before = server.rss_kib();
+    // 200 KiB per resource to readers that never read: 200 MB if it were buffered.
+    let mut want = vec![Vec::new(); RESOURCES];
+    for i in 0..50 {
+        for (r, content) in want.iter_mut().enumerate() {
+            let chunk = vec![b'a' + ((i + r) % 26) as u8; SIZE];
+            content.extend_from_slice(&chunk);
+            assert_eq!(w.post(&format!("/s/{r}"), "text/plain", &chunk).status, 204);
+        }
+    }
+    let buffered = server.metric("halley_stream_buffered_bytes");
+    let bound = (READERS * (8 * 1024 + SIZE + 1024)) as f64;
+    assert!(
+        buffered <= bound,
+        "{buffered} bytes held for stalled readers (bound {bound})"
+    );
+    let grown_mib = server.rss_kib().saturating_sub(rss_before) / 1024;
+    assert!(
+        grown_mib < 48,
+        "server memory grew {grown_mib} MiB with {READERS} stalled readers"
+    );
+    assert!(server.metric("halley_summarised_total") > 0.0);
+
+    // A sample of them wakes up and gets exactly the final state.
+    for (i, c) in readers.into_iter().enumerate().take(20) {
+        let s = PartStream::open(c);
+        let mut rebuilt = Rebuilt::new();
+        while rebuilt.body.len() < want[i % RESOURCES].len() {
+            rebuilt.apply(&s.next().response());
+        }
+        assert_eq!(rebuilt.body, want[i % RESOURCES]);
+    }
+}
+
+#[test]
+fn one_shot_subscribe_times_out_with_304() {
+    let server = Server::start(&["--poll-timeout", "200ms"]);
+    let mut c = server.client();
+    let body = format!("--S\r\nGET /never\r\nWhen-Modified-After: {EPOCH}\r\n--S--\r\n");
+    let r = c.request(
+        "POST",
+        "/subscribe",
+        &[("Content-Type", "multipart/digest; boundary=S")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 304);
+    assert_eq!(c.get("/never").status, 404, "the connection carries on");
+}

@@ -84,6 +84,17 @@ impl Server {
         Client::connect(self.addr)
     }
 
+    /// The server's resident memory, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     /// The sum of a metric over its labels (workers).
     pub fn metric(&self, name: &str) -> f64 {
         let mut s = TcpStream::connect(self.metrics).expect("connect metrics");

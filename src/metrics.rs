@@ -44,6 +44,8 @@ pub struct WorkerMetrics {
     pub summarised: AtomicU64,
     /// Bytes queued or in flight on streams (gauge).
     pub stream_buffered_bytes: AtomicI64,
+    /// Vectored writes to streams (each carries every part queued at the time).
+    pub stream_writes: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -99,7 +101,7 @@ impl Metrics {
         );
 
         type Field = fn(&WorkerMetrics) -> u64;
-        let per_worker: [(&str, &str, &str, Field); 15] = [
+        let per_worker: [(&str, &str, &str, Field); 16] = [
             ("halley_streams", "gauge", "Open streams.", |m| {
                 m.streams.load(Relaxed).max(0) as u64
             }),
@@ -108,6 +110,12 @@ impl Metrics {
                 "counter",
                 "Parts queued on streams.",
                 |m| m.stream_parts.load(Relaxed),
+            ),
+            (
+                "halley_stream_writes_total",
+                "counter",
+                "Vectored writes to streams.",
+                |m| m.stream_writes.load(Relaxed),
             ),
             (
                 "halley_summarised_total",

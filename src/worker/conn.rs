@@ -336,6 +336,26 @@ impl Task {
                     self.out
                         .push_reply(&self.worker, reply, persistence, head_only);
                 }
+                Step::Batch(mut pending) => {
+                    if self.flush().await.is_err() {
+                        return;
+                    }
+                    for (indices, rx) in std::mem::take(&mut pending.remote) {
+                        let answers = rx.await.unwrap_or_default();
+                        let mut answers = answers.into_iter();
+                        for i in indices {
+                            pending.replies[i] = Some(
+                                answers
+                                    .next()
+                                    .unwrap_or_else(|| Reply::text(500, "worker unavailable")),
+                            );
+                        }
+                    }
+                    let parts = pending.replies.into_iter().flatten().collect();
+                    let reply = self.worker.multipart_answer(parts);
+                    self.out
+                        .push_reply(&self.worker, reply, persistence, head_only);
+                }
                 Step::Group { mode, subs, errors } => {
                     if self.flush().await.is_err() {
                         return;

@@ -531,6 +531,7 @@ impl Worker {
                 g.in_flight = n;
                 (g.conn.clone(), std::mem::take(&mut g.queue), n, g.ending)
             };
+            self.metrics().stream_writes.fetch_add(1, Relaxed);
             let result = conn::write_all(&conn.stream, pieces).await;
             self.metrics()
                 .stream_buffered_bytes
@@ -674,7 +675,7 @@ impl Worker {
     }
 
     /// A complete `multipart/digest` answer holding `parts`.
-    fn multipart_answer(&self, parts: Vec<Reply>) -> Reply {
+    pub(super) fn multipart_answer(&self, parts: Vec<Reply>) -> Reply {
         if parts.len() == 1 && parts[0].status == 304 {
             return parts.into_iter().next().unwrap_or_else(|| Reply::new(304));
         }

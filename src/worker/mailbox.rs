@@ -47,6 +47,13 @@ pub enum Msg {
     PollAnswer { id: WaiterId, answer: Answer },
     /// To a watcher's worker: a change of a resource it watches.
     Changed(Arc<ChangeEvent>),
+    /// To a watcher's worker: the changes of one batch, delivered together.
+    ChangedMany(Vec<Arc<ChangeEvent>>),
+    /// To the owner: a batch's writes for its shard, in order.
+    Batch {
+        ops: Vec<(Box<str>, WriteOp)>,
+        reply: oneshot::Sender<Vec<Reply>>,
+    },
 }
 
 /// The sending side of one worker's inbox.

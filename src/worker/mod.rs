@@ -153,6 +153,47 @@ impl Worker {
         applied.reply
     }
 
+    /// Applies a batch's writes for this shard, in order, then publishes their changes
+    /// together (one message per watching worker), so a subscriber watching several of
+    /// the changed resources gets all their parts in one write.
+    pub fn apply_batch(self: &Rc<Self>, ops: Vec<(Box<str>, WriteOp)>) -> Vec<Reply> {
+        let mut events = Vec::new();
+        let mut replies = Vec::with_capacity(ops.len());
+        for (path, op) in ops {
+            let applied = self.store.borrow_mut().write(&path, op, Timestamp::now());
+            events.extend(applied.event);
+            let mut reply = applied.reply;
+            reply.content_location = Some(bytes::Bytes::copy_from_slice(path.as_bytes()));
+            replies.push(reply);
+        }
+        self.publish_all(events);
+        replies
+    }
+
+    fn publish_all(self: &Rc<Self>, events: Vec<Arc<ChangeEvent>>) {
+        let mut per_worker: Vec<Vec<Arc<ChangeEvent>>> =
+            vec![Vec::new(); self.shared.mailboxes.len()];
+        for event in events {
+            self.metrics().changes_published.fetch_add(1, Relaxed);
+            let set = self.interest.borrow().get(&event.path).copied();
+            for w in set.iter().flat_map(WorkerSet::iter) {
+                per_worker[w].push(event.clone());
+            }
+        }
+        for (w, events) in per_worker.into_iter().enumerate() {
+            if events.is_empty() {
+                continue;
+            }
+            if w == self.id {
+                for event in &events {
+                    self.handle_change(event);
+                }
+            } else {
+                self.send(w, Msg::ChangedMany(events));
+            }
+        }
+    }
+
     /// Sends a change to every worker watching its resource (itself included, directly).
     fn publish(self: &Rc<Self>, event: Arc<ChangeEvent>) {
         self.metrics().changes_published.fetch_add(1, Relaxed);
@@ -411,6 +452,14 @@ impl Worker {
             Msg::Unwatch { path, from } => self.unwatch(&path, from),
             Msg::PollAnswer { id, answer } => self.handle_poll_answer(id, answer),
             Msg::Changed(event) => self.handle_change(&event),
+            Msg::ChangedMany(events) => {
+                for event in &events {
+                    self.handle_change(event);
+                }
+            }
+            Msg::Batch { ops, reply } => {
+                let _ = reply.send(self.apply_batch(ops));
+            }
         }
     }
 

@@ -40,6 +40,15 @@ pub enum Step {
         subs: Vec<SubSpec>,
         errors: Vec<Reply>,
     },
+    /// A `/batch`: some answers known, the rest coming from their owners.
+    Batch(PendingBatch),
+}
+
+/// The answers of a `/batch`, in sub-request order, as they become known.
+pub struct PendingBatch {
+    pub replies: Vec<Option<Reply>>,
+    /// For each remote owner: the indices of its sub-requests and its answers.
+    pub remote: Vec<(Vec<usize>, oneshot::Receiver<Vec<Reply>>)>,
 }
 
 fn options(allow: &'static str) -> Reply {
@@ -66,9 +75,11 @@ impl Worker {
         if path == "/subscribe" && head.method == Method::Post {
             return self.route_subscribe(head, &body);
         }
+        if path == "/batch" && head.method == Method::Post {
+            return self.route_batch(head, &body);
+        }
         if RESERVED_PATHS.contains(&path) {
             return Step::Reply(match head.method {
-                Method::Post => Reply::text(501, format_args!("{path} is not implemented yet")),
                 Method::Options => options("POST, OPTIONS"),
                 _ => method_not_allowed("POST, OPTIONS"),
             });
@@ -148,6 +159,66 @@ impl Worker {
             .header("if-modified-since")
             .and_then(|v| parse_http_date(v).ok());
         self.read(path, range, ims)
+    }
+
+    /// `POST /batch`: a multipart/digest body of PUT/POST/DELETE sub-requests, applied
+    /// in order per resource (each owner applies its share in one go), answered with one
+    /// multipart/digest of their answers (PROTOCOL.md §6).
+    fn route_batch(self: &Rc<Self>, head: &Head, body: &Bytes) -> Step {
+        let Some(content_type) = head.header("content-type") else {
+            return Step::Reply(Reply::text(
+                415,
+                "POST /batch needs Content-Type: multipart/digest; boundary=...",
+            ));
+        };
+        let parts = multipart::boundary(content_type).and_then(|b| {
+            multipart::split_parts(
+                body,
+                b,
+                PartLimits {
+                    max_parts: self.config().max_subrequests,
+                },
+            )
+        });
+        let parts = match parts {
+            Ok(parts) => parts,
+            Err(e) => return Step::Reply(Reply::text(e.status(), e)),
+        };
+        let workers = self.shared.mailboxes.len();
+        let mut replies: Vec<Option<Reply>> = Vec::with_capacity(parts.len());
+        let mut per_owner: Vec<(Vec<usize>, Vec<(Box<str>, WriteOp)>)> =
+            vec![(Vec::new(), Vec::new()); workers];
+        for part in parts {
+            let index = replies.len();
+            replies.push(None);
+            match multipart::parse_subrequest(part)
+                .map_err(|e| Box::new(Reply::text(400, format_args!("invalid sub-request: {e}"))))
+                .and_then(|sub| batch_write(&sub, body))
+            {
+                Ok((path, op)) => {
+                    let owner = self.owner_of(&path);
+                    per_owner[owner].0.push(index);
+                    per_owner[owner].1.push((path, op));
+                }
+                Err(reply) => replies[index] = Some(*reply),
+            }
+        }
+        let mut remote = Vec::new();
+        for (owner, (indices, ops)) in per_owner.into_iter().enumerate() {
+            if ops.is_empty() {
+                continue;
+            }
+            if owner == self.id {
+                for (i, reply) in indices.into_iter().zip(self.apply_batch(ops)) {
+                    replies[i] = Some(reply);
+                }
+            } else {
+                let (reply, rx) = oneshot::channel();
+                self.send(owner, Msg::Batch { ops, reply });
+                remote.push((indices, rx));
+            }
+        }
+        Step::Batch(PendingBatch { replies, remote })
     }
 
     /// `POST /subscribe`: a multipart/digest body of GET sub-requests (PROTOCOL.md §5).
@@ -271,4 +342,42 @@ fn subscription(sub: &SubRequest<'_>, parent: &Head) -> Result<SubSpec, Box<Repl
         t,
         range,
     })
+}
+
+/// Interprets one `/batch` sub-request as a write. Its body is shared with the
+/// request's (copied when small, so a stored entry does not pin the whole batch).
+fn batch_write(sub: &SubRequest<'_>, whole: &Bytes) -> Result<(Box<str>, WriteOp), Box<Reply>> {
+    let target = sub.target;
+    let fail = |status: u16, message: std::fmt::Arguments<'_>| {
+        let mut r = Reply::text(status, message);
+        r.content_location = Some(Bytes::copy_from_slice(target.as_bytes()));
+        Box::new(r)
+    };
+    let path = match resource_path(target, Method::Put) {
+        Ok(Some(p)) => p,
+        Ok(None) => "/",
+        Err(e) => return Err(fail(400, format_args!("invalid sub-request target: {e}"))),
+    };
+    if RESERVED_PATHS.contains(&path) || path == "*" {
+        return Err(fail(400, format_args!("{path} is not a resource")));
+    }
+    let body = if sub.body.len() < 4096 {
+        Bytes::copy_from_slice(sub.body)
+    } else {
+        whole.slice_ref(sub.body)
+    };
+    let content_type = sub.header("content-type").map(Bytes::copy_from_slice);
+    let op = match sub.method {
+        "PUT" => WriteOp::Put { content_type, body },
+        "POST" => WriteOp::Post { content_type, body },
+        "DELETE" => WriteOp::Delete,
+        // PROTOCOL.md §6: a GET (or any other method) in a batch is a 400 part.
+        _ => {
+            return Err(fail(
+                400,
+                format_args!("sub-requests of /batch must be PUT, POST or DELETE"),
+            ))
+        }
+    };
+    Ok((path.into(), op))
 }

@@ -3,6 +3,7 @@
 mod support;
 
 mod badinput;
+mod batch;
 mod http1;
 mod longpoll;
 mod rest;

@@ -44,6 +44,9 @@ pub enum Step {
     Batch(PendingBatch),
 }
 
+/// One owner's share of a batch: the sub-request indices and their writes, in order.
+type OwnerShare = (Vec<usize>, Vec<(Box<str>, WriteOp)>);
+
 /// The answers of a `/batch`, in sub-request order, as they become known.
 pub struct PendingBatch {
     pub replies: Vec<Option<Reply>>,
@@ -186,8 +189,7 @@ impl Worker {
         };
         let workers = self.shared.mailboxes.len();
         let mut replies: Vec<Option<Reply>> = Vec::with_capacity(parts.len());
-        let mut per_owner: Vec<(Vec<usize>, Vec<(Box<str>, WriteOp)>)> =
-            vec![(Vec::new(), Vec::new()); workers];
+        let mut per_owner: Vec<OwnerShare> = vec![(Vec::new(), Vec::new()); workers];
         for part in parts {
             let index = replies.len();
             replies.push(None);

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::auth::{Auth, AuthError};
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use crate::http::request::HeadLimits;
 
 /// halley: an HTTP/1.1 push ("Comet") server on io_uring.
@@ -77,6 +81,33 @@ pub struct Args {
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_subrequests: usize,
 
+    /// Access rules: a TOML file granting anonymous clients, Basic users and Bearer tokens
+    /// read and/or write on path prefixes (format in docs/security.md) [default: open access].
+    #[arg(long, value_name = "FILE")]
+    pub auth: Option<PathBuf>,
+
+    /// Most simultaneous connections from one client address; beyond it, 429 and close
+    /// [default: no per-address cap].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<u32>,
+
+    /// Flush answers to a pipelining client after this many, and read no further ahead
+    /// meanwhile (bounds what one connection can make the server buffer).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub max_pipeline: usize,
+
+    /// How long SIGTERM/SIGINT waits for connections to finish before exiting.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
+
+    /// Most resources stored (live ones); writes creating more get 507 [default: no limit].
+    #[arg(long, value_name = "N")]
+    pub max_resources: Option<u64>,
+
+    /// Most representation bytes stored in all; writes beyond it get 507 [default: no limit].
+    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+    pub max_stored_bytes: Option<u64>,
+
     /// Serve Prometheus metrics on this separate address (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -101,6 +132,8 @@ pub enum ConfigError {
     StreamBuffer,
     #[error("--max-subrequests must be at least 1")]
     MaxSubrequests,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// The validated configuration.
@@ -122,6 +155,13 @@ pub struct Config {
     pub heartbeat: Option<Duration>,
     pub stream_sndbuf: Option<usize>,
     pub max_subrequests: usize,
+    /// `None`: every client may read and write everything.
+    pub auth: Option<Arc<Auth>>,
+    pub max_connections_per_ip: Option<u32>,
+    pub max_pipeline: usize,
+    pub shutdown_timeout: Duration,
+    pub max_resources: Option<u64>,
+    pub max_stored_bytes: Option<u64>,
 }
 
 impl Args {
@@ -174,6 +214,15 @@ impl Args {
                 .stream_sndbuf
                 .map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
             max_subrequests: self.max_subrequests,
+            max_connections_per_ip: self.max_connections_per_ip.filter(|&n| n > 0),
+            max_pipeline: self.max_pipeline.max(1),
+            shutdown_timeout: self.shutdown_timeout,
+            max_resources: self.max_resources,
+            max_stored_bytes: self.max_stored_bytes,
+            auth: match &self.auth {
+                Some(path) => Some(Arc::new(Auth::load(path)?)),
+                None => None,
+            },
         })
     }
 }

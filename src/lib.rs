@@ -7,6 +7,7 @@
 //! - [`store`] holds resources (one shard per worker) and answers queries purely;
 //! - [`worker`] is a thread with a tokio-uring runtime, its listener, its shard and its wait lists.
 
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod http;

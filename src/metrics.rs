@@ -17,9 +17,68 @@ const STATUS_CODES: [u16; 22] = [
     503, 505, 500,
 ];
 
+/// Why a request or connection was refused (the `reason` label of
+/// `halley_rejections_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    ConnectionLimit,
+    PerIpLimit,
+    HeaderTimeout,
+    BodyTimeout,
+    Malformed,
+    TooLarge,
+    Unauthorized,
+    Forbidden,
+    StorageFull,
+}
+
+const REJECTIONS: [(Rejection, &str); 9] = [
+    (Rejection::ConnectionLimit, "connection_limit"),
+    (Rejection::PerIpLimit, "per_ip_limit"),
+    (Rejection::HeaderTimeout, "header_timeout"),
+    (Rejection::BodyTimeout, "body_timeout"),
+    (Rejection::Malformed, "malformed"),
+    (Rejection::TooLarge, "too_large"),
+    (Rejection::Unauthorized, "unauthorized"),
+    (Rejection::Forbidden, "forbidden"),
+    (Rejection::StorageFull, "storage_full"),
+];
+
+/// Upper bounds (µs) of the publish-to-write latency buckets.
+const LATENCY_BUCKETS_US: [u64; 17] = [
+    10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
+    500_000, 1_000_000, 5_000_000,
+];
+
+/// A fixed-bucket histogram of how long a change took from being stamped by its owner
+/// to the completed write that carried it to a client.
+#[derive(Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros() as u64;
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(d.as_nanos() as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+}
+
 /// One worker's counters.
 #[derive(Default)]
 pub struct WorkerMetrics {
+    pub rejections: [AtomicU64; REJECTIONS.len()],
+    pub latency: LatencyHistogram,
+    /// Open connections accepted by this worker (gauge).
+    pub open: AtomicI64,
     pub connections_accepted: AtomicU64,
     pub connections_refused: AtomicU64,
     pub accept_errors: AtomicU64,
@@ -49,6 +108,12 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
+    pub fn reject(&self, why: Rejection) {
+        if let Some(i) = REJECTIONS.iter().position(|(r, _)| *r == why) {
+            self.rejections[i].fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn count_status(&self, status: u16) {
         let i = STATUS_CODES
             .iter()
@@ -65,16 +130,19 @@ pub struct Metrics {
     pub open_connections: AtomicI64,
     /// The connection ceiling in force.
     pub max_connections: AtomicU64,
+    /// Stored resources and bytes (shared with the shards' stores).
+    pub storage: Arc<crate::store::quota::Quota>,
 }
 
 impl Metrics {
-    pub fn new(workers: usize) -> Metrics {
+    pub fn new(workers: usize, storage: Arc<crate::store::quota::Quota>) -> Metrics {
         Metrics {
             workers: (0..workers)
                 .map(|_| CachePadded::new(WorkerMetrics::default()))
                 .collect(),
             open_connections: AtomicI64::new(0),
             max_connections: AtomicU64::new(0),
+            storage,
         }
     }
 
@@ -95,13 +163,29 @@ impl Metrics {
             self.max_connections.load(Relaxed) as i64,
         );
         gauge(
+            "halley_resources",
+            "Live resources stored.",
+            self.storage.resources() as i64,
+        );
+        gauge(
+            "halley_stored_bytes",
+            "Representation bytes stored.",
+            self.storage.bytes() as i64,
+        );
+        gauge(
             "halley_shared_encodings",
             "Response heads and stream parts encoded for changes (each built once, shared by every watcher that gets it).",
             crate::store::event::SHARED_ENCODINGS.load(Relaxed) as i64,
         );
 
         type Field = fn(&WorkerMetrics) -> u64;
-        let per_worker: [(&str, &str, &str, Field); 16] = [
+        let per_worker: [(&str, &str, &str, Field); 17] = [
+            (
+                "halley_worker_open_connections",
+                "gauge",
+                "Open connections per worker.",
+                |m| m.open.load(Relaxed).max(0) as u64,
+            ),
             ("halley_streams", "gauge", "Open streams.", |m| {
                 m.streams.load(Relaxed).max(0) as u64
             }),
@@ -199,6 +283,50 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", field(w));
             }
         }
+        let name = "halley_rejections_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests and connections refused, by reason.\n# TYPE {name} counter"
+        );
+        for (i, (_, reason)) in REJECTIONS.iter().enumerate() {
+            let total: u64 = self
+                .workers
+                .iter()
+                .map(|w| w.rejections[i].load(Relaxed))
+                .sum();
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {total}");
+        }
+        let name = "halley_publish_to_write_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} From a change being stamped to the completed write carrying it to a client.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0u64;
+        for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+            cumulative += self
+                .workers
+                .iter()
+                .map(|w| w.latency.buckets[i].load(Relaxed))
+                .sum::<u64>();
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        let count: u64 = self
+            .workers
+            .iter()
+            .map(|w| w.latency.count.load(Relaxed))
+            .sum();
+        let sum_ns: u64 = self
+            .workers
+            .iter()
+            .map(|w| w.latency.sum_ns.load(Relaxed))
+            .sum();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", sum_ns as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {count}");
         let name = "halley_requests_total";
         let _ = writeln!(
             out,

@@ -43,6 +43,9 @@ pub struct Server {
     pub nofile: (u64, u64),
     pub threads: usize,
     workers: Vec<JoinHandle<io::Result<()>>>,
+    mailboxes: Vec<mailbox::Mailbox>,
+    /// Each worker thread reports here when it has finished.
+    finished: std::sync::mpsc::Receiver<usize>,
 }
 
 /// Raises the soft open-file limit to the hard one; returns (soft, hard).
@@ -89,7 +92,11 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         listeners.push(l);
     }
 
-    let metrics = Arc::new(Metrics::new(config.threads));
+    let quota = Arc::new(crate::store::quota::Quota::new(
+        config.max_stored_bytes,
+        config.max_resources,
+    ));
+    let metrics = Arc::new(Metrics::new(config.threads, quota.clone()));
     metrics
         .max_connections
         .store(max_connections as u64, Relaxed);
@@ -106,20 +113,30 @@ pub fn start(config: Config) -> Result<Server, StartError> {
 
     let (mailboxes, inboxes): (Vec<_>, Vec<_>) =
         (0..config.threads).map(|_| mailbox::mailbox()).unzip();
+    let handles = mailboxes.clone();
+    let (finished_tx, finished) = std::sync::mpsc::channel();
     let threads = config.threads;
+    let per_ip = config.max_connections_per_ip;
     let shared = Arc::new(Shared {
         config,
         mailboxes,
         metrics: metrics.clone(),
         max_connections,
         boundary: crate::http::frame::Boundary::random(),
+        per_ip: per_ip.map(crate::worker::limits::PerIp::new),
+        drained: (0..threads).map(|_| tokio::sync::Notify::new()).collect(),
     });
     let mut workers = Vec::with_capacity(threads);
     for (id, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
         let shared = shared.clone();
+        let finished = finished_tx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("halley-worker-{id}"))
-            .spawn(move || worker::run(id, shared, listener, inbox))
+            .spawn(move || {
+                let result = worker::run(id, shared, listener, inbox);
+                let _ = finished.send(id);
+                result
+            })
             .map_err(StartError::Thread)?;
         workers.push(handle);
     }
@@ -131,10 +148,19 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         nofile,
         threads,
         workers,
+        mailboxes: handles,
+        finished,
     })
 }
 
 impl Server {
+    /// Begins a graceful shutdown on every worker (see `Worker::begin_drain`).
+    pub fn shutdown(&self) {
+        for m in &self.mailboxes {
+            m.send(worker::mailbox::Msg::Shutdown);
+        }
+    }
+
     /// Waits for the workers; returns the first error one of them stopped with.
     pub fn wait(self) -> io::Result<()> {
         let mut result = Ok(());
@@ -146,5 +172,45 @@ impl Server {
             }
         }
         result
+    }
+
+    /// A handle that begins the shutdown from another thread (a signal handler).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            mailboxes: self.mailboxes.clone(),
+        }
+    }
+
+    /// Blocks until one worker thread has finished (after a shutdown, or on its own).
+    pub fn wait_one_finished(&self) {
+        let _ = self.finished.recv();
+    }
+
+    /// Waits until `running` workers finished or `timeout` passed; returns how many are
+    /// still running (0 when the drain completed).
+    pub fn wait_finished(&self, mut running: usize, timeout: std::time::Duration) -> usize {
+        let deadline = std::time::Instant::now() + timeout;
+        while running > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.finished.recv_timeout(left) {
+                Ok(_) => running -= 1,
+                Err(_) => break,
+            }
+        }
+        running
+    }
+}
+
+/// Begins a graceful shutdown of a running server.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    mailboxes: Vec<mailbox::Mailbox>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        for m in &self.mailboxes {
+            m.send(worker::mailbox::Msg::Shutdown);
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -31,6 +32,8 @@ pub struct Shaped {
     pub status: u16,
     pub head: Bytes,
     pub body: Body,
+    /// When the change it carries was stamped (for the publish-to-write latency metric).
+    pub born: Option<Instant>,
 }
 
 impl Shaped {
@@ -39,6 +42,7 @@ impl Shaped {
             status: reply.status,
             head: reply.encode_head(),
             body: reply.body,
+            born: None,
         }
     }
 }
@@ -62,6 +66,9 @@ pub struct ChangeEvent {
     pub fragment: Body,
     /// Whether a `bytes` range describes this append.
     pub byte_ranges: bool,
+    /// When the change was stamped. The only clock the store reads, and only for the
+    /// publish-to-write latency metric.
+    pub born: Instant,
     heads: Heads,
 }
 
@@ -140,6 +147,7 @@ impl ChangeEvent {
             appended,
             fragment,
             byte_ranges,
+            born: Instant::now(),
             heads: Heads::default(),
         }
     }
@@ -258,6 +266,7 @@ impl ChangeEvent {
             status: reply.status,
             head,
             body: reply.body,
+            born: Some(self.born),
         })
     }
 

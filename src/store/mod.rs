@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod event;
+pub mod quota;
 pub mod resource;
 
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ pub struct MemStore {
     history: usize,
     /// A byte string no representation may contain: the server's multipart boundary.
     forbidden: Option<Bytes>,
+    /// Storage limits shared with the other shards.
+    quota: Arc<quota::Quota>,
 }
 
 struct Slot {
@@ -79,6 +82,21 @@ impl MemStore {
             resources: HashMap::new(),
             history: history.max(1),
             forbidden: None,
+            quota: Arc::new(quota::Quota::default()),
+        }
+    }
+
+    /// Counts (and limits) stored resources and bytes in `quota`, shared by every shard.
+    pub fn with_quota(mut self, quota: Arc<quota::Quota>) -> MemStore {
+        self.quota = quota;
+        self
+    }
+
+    /// Live length and liveness of a resource.
+    fn footprint(&self, path: &str) -> (u64, bool) {
+        match self.resources.get(path).and_then(|slot| slot.res.live()) {
+            Some(live) => (live.rep.len(), true),
+            None => (0, false),
         }
     }
 
@@ -124,8 +142,64 @@ fn write_reply(status: u16, ts: Timestamp, path: &str) -> Reply {
 
 impl Store for MemStore {
     fn write(&mut self, path: &str, op: WriteOp, now: Timestamp) -> Applied {
+        if let Some(refusal) = self.forge_check(path, &op) {
+            return refusal;
+        }
+        // Reserve what the write may add; settle to what it did.
+        let (old_len, was_live) = self.footprint(path);
+        let (bytes, creates) = match &op {
+            WriteOp::Put { body, .. } => ((body.len() as u64).saturating_sub(old_len), !was_live),
+            // Codecs add at most a separator and, on creation, a small wrapper.
+            WriteOp::Post { body, .. } => (body.len() as u64 + 128, !was_live),
+            WriteOp::Delete => (0, false),
+        };
+        let reservation = match self.quota.reserve(bytes, creates) {
+            Ok(r) => r,
+            Err(e) => {
+                return Applied {
+                    reply: Reply::text(507, e),
+                    event: None,
+                }
+            }
+        };
+        let applied = self.apply(path, op, now);
+        let (new_len, is_live) = self.footprint(path);
+        self.quota.settle(
+            reservation,
+            new_len as i64 - old_len as i64,
+            i64::from(is_live) - i64::from(was_live),
+        );
+        applied
+    }
+
+    fn get(
+        &self,
+        path: &str,
+        range: Option<&RangeSpec>,
+        if_modified_since: Option<Timestamp>,
+    ) -> Reply {
+        match self.resources.get(path) {
+            Some(slot) => slot.res.get(range, if_modified_since),
+            None => Reply::text(404, "no such resource"),
+        }
+    }
+
+    fn poll(&self, path: &str, t: Timestamp, range: Option<&RangeSpec>) -> Answer {
+        match self.resources.get(path) {
+            Some(slot) => slot.res.poll(t, range),
+            // Never existed: wait for its creation.
+            None => Answer::Wait {
+                since: Timestamp::ZERO,
+            },
+        }
+    }
+}
+
+impl MemStore {
+    /// The refusal of a write whose representation would contain the boundary.
+    fn forge_check(&self, path: &str, op: &WriteOp) -> Option<Applied> {
         if let Some(f) = &self.forbidden {
-            let (tail, data): (Vec<u8>, &[u8]) = match &op {
+            let (tail, data): (Vec<u8>, &[u8]) = match op {
                 WriteOp::Put { body, .. } => (Vec::new(), body),
                 WriteOp::Post { body, .. } => {
                     let tail = self
@@ -139,15 +213,20 @@ impl Store for MemStore {
                 WriteOp::Delete => (Vec::new(), &[][..]),
             };
             if self.would_forge(&tail, data) {
-                return Applied {
+                return Some(Applied {
                     reply: Reply::text(
                         400,
                         "the payload contains this server's multipart boundary, which would forge stream parts; it was not stored",
                     ),
                     event: None,
-                };
+                });
             }
         }
+        None
+    }
+
+    /// Applies a write to its resource (the checks are done).
+    fn apply(&mut self, path: &str, op: WriteOp, now: Timestamp) -> Applied {
         let existed = self.resources.contains_key(path);
         let history = self.history;
         let key: Arc<str> = Arc::from(path);
@@ -237,28 +316,6 @@ impl Store for MemStore {
                     event: Some(Arc::new(event)),
                 }
             }
-        }
-    }
-
-    fn get(
-        &self,
-        path: &str,
-        range: Option<&RangeSpec>,
-        if_modified_since: Option<Timestamp>,
-    ) -> Reply {
-        match self.resources.get(path) {
-            Some(slot) => slot.res.get(range, if_modified_since),
-            None => Reply::text(404, "no such resource"),
-        }
-    }
-
-    fn poll(&self, path: &str, t: Timestamp, range: Option<&RangeSpec>) -> Answer {
-        match self.resources.get(path) {
-            Some(slot) => slot.res.poll(t, range),
-            // Never existed: wait for its creation.
-            None => Answer::Wait {
-                since: Timestamp::ZERO,
-            },
         }
     }
 }

@@ -8,6 +8,7 @@
 //! [`answer_parked`] starts a fresh task that writes the answer and continues with any
 //! pipelined bytes the client sent meanwhile, so answers always leave in request order.
 
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,6 +27,7 @@ use crate::http::accept::StreamForm;
 use crate::http::body::{BodyDecoder, BodyError, BodyLimits};
 use crate::http::request::{parse_head, Expect, Framing, Head, HeadError, Method, Version};
 use crate::http::response::{HeadBuilder, Persistence, Reply};
+use crate::metrics::Rejection;
 use crate::store::Shaped;
 
 /// Most iovecs handed to one `writev` (the kernel's `IOV_MAX`).
@@ -46,21 +48,52 @@ pub struct Connection {
     /// pipelined data, so a parked connection holds no read buffer.
     pub buf: Vec<u8>,
     shared: Arc<Shared>,
+    worker: u16,
+    /// The client address, when the per-IP cap counts it.
+    ip: Option<IpAddr>,
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, shared: Arc<Shared>) -> Connection {
+    /// Counts a connection accepted by `worker` (it is uncounted when dropped).
+    pub fn new(stream: TcpStream, shared: Arc<Shared>, worker: usize) -> Connection {
+        shared.metrics.open_connections.fetch_add(1, Relaxed);
+        shared.metrics.workers[worker].open.fetch_add(1, Relaxed);
         Connection {
             stream,
             buf: Vec::new(),
             shared,
+            worker: worker as u16,
+            ip: None,
+        }
+    }
+
+    /// Counts this connection against the per-IP cap; `false` when `ip` is at the cap.
+    pub fn admit_ip(&mut self, ip: IpAddr) -> bool {
+        match &self.shared.per_ip {
+            None => true,
+            Some(limit) => {
+                let admitted = limit.try_acquire(ip);
+                if admitted {
+                    self.ip = Some(ip);
+                }
+                admitted
+            }
         }
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.shared.metrics.open_connections.fetch_sub(1, Relaxed);
+        let m = &self.shared.metrics;
+        m.open_connections.fetch_sub(1, Relaxed);
+        let worker = self.worker as usize;
+        if m.workers[worker].open.fetch_sub(1, Relaxed) == 1 {
+            // The last one: a draining worker may be waiting for this.
+            self.shared.drained[worker].notify_one();
+        }
+        if let (Some(ip), Some(limit)) = (self.ip, &self.shared.per_ip) {
+            limit.release(ip);
+        }
     }
 }
 
@@ -223,7 +256,20 @@ impl Task {
                     .get_or_insert_with(|| tokio::time::Instant::now() + cfg.header_timeout);
                 Some(deadline.saturating_duration_since(tokio::time::Instant::now()))
             };
-            match self.read_more(timeout).await {
+            let idle = self.conn.buf.is_empty();
+            if idle && worker.is_draining() {
+                return Err(Ending::Abort);
+            }
+            let read = if idle {
+                // Between requests a drain may close us: wait for either.
+                tokio::select! {
+                    read = self.read_more(timeout) => read,
+                    _ = worker.idle_wakeup() => Err(ReadEnd::Failed),
+                }
+            } else {
+                self.read_more(timeout).await
+            };
+            match read {
                 Ok(()) => {
                     if head_deadline.is_none() && !self.conn.buf.is_empty() {
                         head_deadline = Some(tokio::time::Instant::now() + cfg.header_timeout);
@@ -231,6 +277,7 @@ impl Task {
                 }
                 // A request had started (the buffer itself is gone with the abandoned read).
                 Err(ReadEnd::TimedOut) if head_deadline.is_some() => {
+                    self.worker.metrics().reject(Rejection::HeaderTimeout);
                     let reply = Reply::text(408, "request head not received in time");
                     self.out
                         .push_reply(&self.worker, reply, Persistence::Close, false);
@@ -244,6 +291,10 @@ impl Task {
 
     fn reject_head(&mut self, e: HeadError) {
         tracing::debug!(error = %e, "bad request head");
+        self.worker.metrics().reject(match e.status() {
+            413 | 414 | 431 => Rejection::TooLarge,
+            _ => Rejection::Malformed,
+        });
         let reply = Reply::text(e.status(), &e);
         self.out
             .push_reply(&self.worker, reply, Persistence::Close, false);
@@ -284,7 +335,8 @@ impl Task {
             match self.read_more(Some(cfg.header_timeout)).await {
                 Ok(()) => {}
                 Err(ReadEnd::TimedOut) => {
-                    return Err(Reply::text(408, "request body not received in time"))
+                    self.worker.metrics().reject(Rejection::BodyTimeout);
+                    return Err(Reply::text(408, "request body not received in time"));
                 }
                 Err(_) => {
                     return Err(Reply::text(
@@ -298,13 +350,18 @@ impl Task {
 
     /// Serves requests until the connection ends or parks.
     async fn run(mut self) {
+        let mut answered = 0usize;
         loop {
             let head = match self.next_head().await {
                 Ok(head) => head,
                 Err(Ending::Linger) => return self.close().await,
                 Err(Ending::Abort) => return self.abort(),
             };
-            let persistence = Self::persistence(&head);
+            let persistence = if self.worker.is_draining() {
+                Persistence::Close
+            } else {
+                Self::persistence(&head)
+            };
             let head_only = head.method == Method::Head;
             if head.expect == Expect::Unsupported {
                 let reply = Reply::text(417, "only 'Expect: 100-continue' is supported");
@@ -315,6 +372,7 @@ impl Task {
             let body = match self.read_body(&head).await {
                 Ok(body) => body,
                 Err(reply) => {
+                    count_body_refusal(&self.worker, &reply);
                     self.out
                         .push_reply(&self.worker, reply, Persistence::Close, false);
                     return self.close().await;
@@ -323,7 +381,16 @@ impl Task {
             match self.worker.route(&head, body) {
                 Step::Reply(reply) => {
                     self.out
-                        .push_reply(&self.worker, reply, persistence, head_only)
+                        .push_reply(&self.worker, reply, persistence, head_only);
+                    answered += 1;
+                    // A pipelining client gets its answers every `--max-pipeline`
+                    // requests; meanwhile nothing further is read.
+                    if answered >= self.worker.config().max_pipeline {
+                        answered = 0;
+                        if self.flush().await.is_err() {
+                            return self.abort();
+                        }
+                    }
                 }
                 Step::Remote(rx) => {
                     // Let earlier answers go out while the owner works.
@@ -492,22 +559,41 @@ pub async fn serve(worker: Rc<Worker>, conn: Connection) {
 
 /// Writes the answer of a released waiter, then continues serving the connection.
 pub async fn answer_parked(worker: Rc<Worker>, parked: ParkedConn, shaped: Shaped) {
+    let born = shaped.born;
+    let persistence = if worker.is_draining() {
+        Persistence::Close
+    } else {
+        parked.persistence
+    };
     let mut task = Task {
         worker,
         conn: parked.conn,
         out: Out::default(),
     };
     task.out
-        .push(&task.worker, shaped, parked.persistence, parked.head_only);
-    if parked.persistence == Persistence::Close {
+        .push(&task.worker, shaped, persistence, parked.head_only);
+    if persistence == Persistence::Close {
         return task.close().await;
+    }
+    // Write now (rather than at the next read) so the latency covers the whole answer.
+    if task.flush().await.is_err() {
+        return task.abort();
+    }
+    if let Some(born) = born {
+        task.worker.metrics().latency.observe(born.elapsed());
     }
     task.run().await
 }
 
-/// Refuses a connection over the ceiling with a clear `503`.
-pub async fn refuse(worker: Rc<Worker>, conn: Connection) {
-    let mut reply = Reply::text(503, "server at its connection limit; retry later");
+/// Refuses a connection with a clear answer: `503` at the server's connection ceiling,
+/// `429` at the per-client-address cap.
+pub async fn refuse(worker: Rc<Worker>, conn: Connection, status: u16) {
+    let message = if status == 429 {
+        "too many connections from your address; retry later"
+    } else {
+        "server at its connection limit; retry later"
+    };
+    let mut reply = Reply::text(status, message);
     reply.extra = Some(Bytes::from_static(b"Retry-After: 1\r\n"));
     let mut task = Task {
         worker,
@@ -526,4 +612,13 @@ pub async fn refuse(worker: Rc<Worker>, conn: Connection) {
 fn body_error_reply(e: BodyError) -> Reply {
     let status = if e.is_too_large() { 413 } else { 400 };
     Reply::text(status, e)
+}
+
+/// Counts a body refusal by its reason.
+fn count_body_refusal(worker: &Worker, reply: &Reply) {
+    worker.metrics().reject(match reply.status {
+        413 => Rejection::TooLarge,
+        408 => return, // counted where the timeout happened
+        _ => Rejection::Malformed,
+    });
 }

@@ -22,6 +22,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -99,6 +100,8 @@ pub struct Group {
     subs: Vec<WaiterId>,
     // Stream state.
     queue: Vec<Bytes>,
+    /// When the changes of the queued parts were stamped (latency metric).
+    born: Vec<Instant>,
     queued: usize,
     in_flight: usize,
     writing: bool,
@@ -141,7 +144,7 @@ impl Groups {
         self.slab.is_empty()
     }
 
-    fn ids(&self) -> Vec<GroupId> {
+    pub(super) fn ids(&self) -> Vec<GroupId> {
         self.slab
             .iter()
             .map(|(k, g)| GroupId {
@@ -237,6 +240,7 @@ impl Worker {
                 head_only,
                 subs: Vec::with_capacity(subs.len()),
                 queue: Vec::new(),
+                born: Vec::new(),
                 queued: 0,
                 in_flight: 0,
                 writing: false,
@@ -261,7 +265,7 @@ impl Worker {
                         String::from_utf8_lossy(reply.content_location.as_deref().unwrap_or(b""))
                             .into_owned();
                     if let Some(frame) = part_from_reply(form, &path, reply, self.boundary()) {
-                        self.enqueue(id, &frame, true);
+                        self.enqueue(id, &frame, true, None);
                     }
                 }
                 if subs.is_empty() {
@@ -364,7 +368,7 @@ impl Worker {
                 }
                 let next_range = advance_range(range, &reply);
                 if let Some(frame) = part_from_reply(form, &path, reply, self.boundary()) {
-                    self.enqueue(gid, &frame, true);
+                    self.enqueue(gid, &frame, true, None);
                     if form == StreamForm::MixedReplace {
                         if let Some(g) = self.groups.borrow_mut().get_mut(gid) {
                             g.last_replacement = Some(frame);
@@ -443,7 +447,7 @@ impl Worker {
             },
         };
         let queued = match &frame {
-            Some(frame) => self.enqueue(gid, frame, false),
+            Some(frame) => self.enqueue(gid, frame, false, Some(event.born)),
             None => false,
         };
         if queued {
@@ -479,7 +483,13 @@ impl Worker {
     /// Queues a part. Refuses (returns false) when it would take the stream past its
     /// budget, unless `force` (first parts and catch-ups always go) or nothing is
     /// queued at all (a single part larger than the budget still goes, alone).
-    fn enqueue(self: &Rc<Self>, gid: GroupId, frame: &Frame, force: bool) -> bool {
+    fn enqueue(
+        self: &Rc<Self>,
+        gid: GroupId,
+        frame: &Frame,
+        force: bool,
+        born: Option<Instant>,
+    ) -> bool {
         let budget = self.config().stream_buffer_bytes;
         let spawn = {
             let mut groups = self.groups.borrow_mut();
@@ -494,6 +504,7 @@ impl Worker {
                 return false;
             }
             frame.push(g.chunked, &mut g.queue);
+            g.born.extend(born);
             let len = if g.chunked {
                 frame.len()
             } else {
@@ -516,7 +527,7 @@ impl Worker {
     /// Writes a group's queue until it is empty, then exits.
     async fn stream_writer(self: Rc<Self>, gid: GroupId) {
         loop {
-            let (conn, pieces, n, ending) = {
+            let (conn, pieces, n, ending, born) = {
                 let mut groups = self.groups.borrow_mut();
                 let Some(g) = groups.get_mut(gid) else { return };
                 if g.queue.is_empty() {
@@ -529,7 +540,13 @@ impl Worker {
                 }
                 let n = std::mem::take(&mut g.queued);
                 g.in_flight = n;
-                (g.conn.clone(), std::mem::take(&mut g.queue), n, g.ending)
+                (
+                    g.conn.clone(),
+                    std::mem::take(&mut g.queue),
+                    n,
+                    g.ending,
+                    std::mem::take(&mut g.born),
+                )
             };
             self.metrics().stream_writes.fetch_add(1, Relaxed);
             let result = conn::write_all(&conn.stream, pieces).await;
@@ -544,7 +561,11 @@ impl Worker {
             };
             match result {
                 Ok(written) => {
-                    self.metrics().bytes_written.fetch_add(written, Relaxed);
+                    let m = self.metrics();
+                    m.bytes_written.fetch_add(written, Relaxed);
+                    for b in born {
+                        m.latency.observe(b.elapsed());
+                    }
                 }
                 Err(_) => return self.end_group(gid, End::Abort),
             }
@@ -655,6 +676,16 @@ impl Worker {
         ));
     }
 
+    /// Shutdown: a stream ends with its close delimiter, a one-shot group answers `304`.
+    pub(super) fn drain_group(self: &Rc<Self>, gid: GroupId) {
+        let mode = self.groups.borrow_mut().get_mut(gid).map(|g| g.mode);
+        match mode {
+            Some(GroupMode::Stream(_)) => self.end_group(gid, End::Finish),
+            Some(GroupMode::Once { .. }) => self.expire_group(gid),
+            None => {}
+        }
+    }
+
     /// A one-shot group timed out with nothing ready: `304`.
     pub(super) fn expire_group(self: &Rc<Self>, gid: GroupId) {
         let expired = {
@@ -717,7 +748,7 @@ impl Worker {
                 }
             };
             if let Some(frame) = beat {
-                self.enqueue(gid, &frame, true);
+                self.enqueue(gid, &frame, true, None);
                 if let Some(g) = self.groups.borrow_mut().get_mut(gid) {
                     g.active = false;
                 }

@@ -49,6 +49,8 @@ pub enum Msg {
     Changed(Arc<ChangeEvent>),
     /// To a watcher's worker: the changes of one batch, delivered together.
     ChangedMany(Vec<Arc<ChangeEvent>>),
+    /// Begin a graceful shutdown.
+    Shutdown,
     /// To the owner: a batch's writes for its shard, in order.
     Batch {
         ops: Vec<(Box<str>, WriteOp)>,

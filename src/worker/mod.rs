@@ -15,11 +15,12 @@
 pub mod conn;
 pub mod group;
 pub mod hangup;
+pub mod limits;
 pub mod mailbox;
 pub mod route;
 pub mod watch;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -34,7 +35,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::http::frame::{Boundary, Frame};
 use crate::http::response::{Persistence, Reply, Tails};
-use crate::metrics::{Metrics, WorkerMetrics};
+use crate::metrics::{Metrics, Rejection, WorkerMetrics};
 use crate::store::{Answer, ChangeEvent, MemStore, Shaped, Store, WriteOp};
 use crate::time::Timestamp;
 use conn::Connection;
@@ -54,6 +55,10 @@ pub struct Shared {
     pub max_connections: usize,
     /// The multipart boundary of every stream and multipart answer.
     pub boundary: Boundary,
+    /// The per-client-IP connection cap, if any.
+    pub per_ip: Option<limits::PerIp>,
+    /// Per worker: signalled when its last connection closes (the end of a drain).
+    pub drained: Vec<Notify>,
 }
 
 /// What a deadline expires.
@@ -115,6 +120,11 @@ pub struct Worker {
     deadlines: RefCell<VecDeque<(Instant, Expiry)>>,
     deadline_added: Notify,
     tails: RefCell<Tails>,
+    /// Shutting down: answer everything parked, accept nothing, close when idle.
+    draining: Cell<bool>,
+    stop_accepting: Notify,
+    /// Wakes connections idle between requests (so a drain can close them).
+    wake_idle: Notify,
 }
 
 impl Worker {
@@ -124,6 +134,42 @@ impl Worker {
 
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// A waiter for the drain signal of idle connections.
+    pub fn idle_wakeup(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake_idle.notified()
+    }
+
+    /// Graceful shutdown: stop accepting; answer every parked long poll `304` (with its
+    /// stamp, so the client re-polls elsewhere) and every one-shot `/subscribe` `304`;
+    /// end every stream with its close delimiter; close idle keep-alive connections.
+    /// Connections in the middle of a request get their answer with `Connection: close`.
+    fn begin_drain(self: &Rc<Self>) {
+        if self.draining.replace(true) {
+            return;
+        }
+        self.stop_accepting.notify_one();
+        let waiters = self.watch.borrow().all_ids();
+        for id in waiters {
+            let t = match self.watch.borrow().get(id) {
+                Some(w) if matches!(w.holder, Holder::Poll(_)) => w.query.t,
+                _ => continue,
+            };
+            let mut reply = Reply::new(304);
+            reply.last_modified = Some(t);
+            self.release(id, Shaped::from_reply(reply));
+        }
+        let groups = self.groups.borrow().ids();
+        for gid in groups {
+            self.drain_group(gid);
+        }
+        self.wake_idle.notify_waiters();
+        self.hangup.flush();
     }
 
     /// The connection tail (`Date`, persistence, blank line) for a response sent now.
@@ -147,6 +193,9 @@ impl Worker {
     /// Applies a write to this worker's shard, publishes the change, returns the reply.
     pub fn apply_write(self: &Rc<Self>, path: &str, op: WriteOp) -> Reply {
         let applied = self.store.borrow_mut().write(path, op, Timestamp::now());
+        if applied.reply.status == 507 {
+            self.metrics().reject(Rejection::StorageFull);
+        }
         if let Some(event) = applied.event {
             self.publish(event);
         }
@@ -161,6 +210,9 @@ impl Worker {
         let mut replies = Vec::with_capacity(ops.len());
         for (path, op) in ops {
             let applied = self.store.borrow_mut().write(&path, op, Timestamp::now());
+            if applied.reply.status == 507 {
+                self.metrics().reject(Rejection::StorageFull);
+            }
             events.extend(applied.event);
             let mut reply = applied.reply;
             reply.content_location = Some(bytes::Bytes::copy_from_slice(path.as_bytes()));
@@ -460,6 +512,7 @@ impl Worker {
             Msg::Batch { ops, reply } => {
                 let _ = reply.send(self.apply_batch(ops));
             }
+            Msg::Shutdown => self.begin_drain(),
         }
     }
 
@@ -540,15 +593,34 @@ impl Worker {
         let mut backoff = Duration::from_millis(5);
         let metrics = &self.shared.metrics;
         loop {
-            match listener.accept().await {
-                Ok((stream, _peer)) => {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = self.stop_accepting.notified() => {
+                    // Shutting the listening socket down completes the accept still in
+                    // flight, so no connection is accepted into the void.
+                    // SAFETY: the listener owns this descriptor and outlives the borrow.
+                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+                    let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Read);
+                    return;
+                }
+            };
+            match accepted {
+                Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
                     self.metrics().connections_accepted.fetch_add(1, Relaxed);
-                    let open = metrics.open_connections.fetch_add(1, Relaxed) + 1;
-                    let conn = Connection::new(stream, self.shared.clone());
-                    if open as usize > self.shared.max_connections {
+                    let mut conn = Connection::new(stream, self.shared.clone(), self.id);
+                    let open = metrics.open_connections.load(Relaxed);
+                    let refusal = if open as usize > self.shared.max_connections {
+                        Some((503, Rejection::ConnectionLimit))
+                    } else if !conn.admit_ip(peer.ip()) {
+                        Some((429, Rejection::PerIpLimit))
+                    } else {
+                        None
+                    };
+                    if let Some((status, why)) = refusal {
                         self.metrics().connections_refused.fetch_add(1, Relaxed);
-                        tokio_uring::spawn(conn::refuse(self.clone(), conn));
+                        self.metrics().reject(why);
+                        tokio_uring::spawn(conn::refuse(self.clone(), conn, status));
                         continue;
                     }
                     let _ = conn.stream.set_nodelay(true);
@@ -569,6 +641,14 @@ impl Worker {
             }
         }
     }
+
+    /// After accepting stops: waits until every connection of this worker is closed.
+    async fn drain(&self) {
+        let open = &self.shared.metrics.workers[self.id].open;
+        while open.load(Relaxed) > 0 {
+            self.shared.drained[self.id].notified().await;
+        }
+    }
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {
@@ -578,7 +658,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-/// Runs worker `id` on the current thread until the process exits.
+/// Runs worker `id` on the current thread until it has drained after a shutdown.
 pub fn run(
     id: usize,
     shared: Arc<Shared>,
@@ -589,10 +669,13 @@ pub fn run(
         let listener = tokio_uring::net::TcpListener::from_std(listener);
         let worker = Rc::new(Worker {
             id,
-            store: RefCell::new(Box::new(MemStore::with_forbidden(
-                shared.config.history,
-                bytes::Bytes::copy_from_slice(shared.boundary.as_bytes()),
-            ))),
+            store: RefCell::new(Box::new(
+                MemStore::with_forbidden(
+                    shared.config.history,
+                    bytes::Bytes::copy_from_slice(shared.boundary.as_bytes()),
+                )
+                .with_quota(shared.metrics.storage.clone()),
+            )),
             interest: RefCell::new(HashMap::new()),
             watch: RefCell::new(WatchTable::default()),
             groups: RefCell::new(Groups::default()),
@@ -600,6 +683,9 @@ pub fn run(
             deadlines: RefCell::new(VecDeque::new()),
             deadline_added: Notify::new(),
             tails: RefCell::new(Tails::new(Timestamp::now())),
+            draining: Cell::new(false),
+            stop_accepting: Notify::new(),
+            wake_idle: Notify::new(),
             shared,
         });
         tokio_uring::spawn(worker.clone().inbox_loop(inbox));
@@ -608,7 +694,8 @@ pub fn run(
         if let Some(every) = worker.config().heartbeat {
             tokio_uring::spawn(worker.clone().heartbeat_loop(every));
         }
-        worker.accept_loop(listener).await;
+        worker.clone().accept_loop(listener).await;
+        worker.drain().await;
         Ok(())
     })
 }

@@ -12,6 +12,7 @@ use super::group::{GroupMode, SubSpec};
 use super::mailbox::Msg;
 use super::watch::WaitQuery;
 use super::Worker;
+use crate::auth::{Access, Decision};
 use crate::http::accept::{negotiate_all, StreamForm};
 use crate::http::multipart::{self, PartLimits, SubRequest};
 use crate::http::range::{parse_range, RangeSpec};
@@ -70,8 +71,49 @@ fn method_not_allowed(allow: &'static str) -> Reply {
 }
 
 impl Worker {
+    /// The access decision for a request (or sub-request) carrying `authorization`.
+    fn authorize(&self, authorization: Option<&[u8]>, path: &str, access: Access) -> Decision {
+        match &self.config().auth {
+            None => Decision::Allow,
+            Some(auth) => auth.check(authorization, path, access),
+        }
+    }
+
+    /// The refusal for a denied request: `401` with the challenges, or `403`.
+    fn refusal(&self, decision: Decision, path: &str) -> Option<Reply> {
+        let (rejection, mut reply) = match decision {
+            Decision::Allow => return None,
+            Decision::Unauthorized => (
+                crate::metrics::Rejection::Unauthorized,
+                Reply::text(401, format_args!("credentials required for {path}")),
+            ),
+            Decision::Forbidden => (
+                crate::metrics::Rejection::Forbidden,
+                Reply::text(403, format_args!("these credentials may not access {path}")),
+            ),
+        };
+        self.metrics().reject(rejection);
+        if decision == Decision::Unauthorized {
+            reply.extra = self.config().auth.as_ref().map(|a| a.challenge());
+        }
+        Some(reply)
+    }
+
     pub fn route(self: &Rc<Self>, head: &Head, body: Bytes) -> Step {
         let path = head.path();
+        let access = match head.method {
+            Method::Get | Method::Head => Some(Access::Read),
+            Method::Put | Method::Post | Method::Delete if !RESERVED_PATHS.contains(&path) => {
+                Some(Access::Write)
+            }
+            _ => None,
+        };
+        if let Some(access) = access {
+            let decision = self.authorize(head.header("authorization"), path, access);
+            if let Some(reply) = self.refusal(decision, path) {
+                return Step::Reply(reply);
+            }
+        }
         if path == "*" {
             return Step::Reply(options(RESOURCE_ALLOW));
         }
@@ -193,10 +235,19 @@ impl Worker {
         for part in parts {
             let index = replies.len();
             replies.push(None);
-            match multipart::parse_subrequest(part)
+            let checked = multipart::parse_subrequest(part)
                 .map_err(|e| Box::new(Reply::text(400, format_args!("invalid sub-request: {e}"))))
-                .and_then(|sub| batch_write(&sub, body))
-            {
+                .and_then(|sub| {
+                    let write = batch_write(&sub, body)?;
+                    let authorization = sub
+                        .header("authorization")
+                        .or_else(|| head.header("authorization"));
+                    match self.denied_part(authorization, &write.0, Access::Write, sub.target) {
+                        Some(reply) => Err(Box::new(reply)),
+                        None => Ok(write),
+                    }
+                });
+            match checked {
                 Ok((path, op)) => {
                     let owner = self.owner_of(&path);
                     per_owner[owner].0.push(index);
@@ -221,6 +272,29 @@ impl Worker {
             }
         }
         Step::Batch(PendingBatch { replies, remote })
+    }
+
+    /// The `403` part of a sub-request its credentials may not make (a part cannot
+    /// answer a challenge, so missing credentials are a 403 here too).
+    fn denied_part(
+        &self,
+        authorization: Option<&[u8]>,
+        path: &str,
+        access: Access,
+        target: &str,
+    ) -> Option<Reply> {
+        let mut reply = match self.authorize(authorization, path, access) {
+            Decision::Allow => return None,
+            Decision::Unauthorized => {
+                Reply::text(403, format_args!("credentials required for {path}"))
+            }
+            Decision::Forbidden => {
+                Reply::text(403, format_args!("these credentials may not access {path}"))
+            }
+        };
+        self.metrics().reject(crate::metrics::Rejection::Forbidden);
+        reply.content_location = Some(Bytes::copy_from_slice(target.as_bytes()));
+        Some(reply)
     }
 
     /// `POST /subscribe`: a multipart/digest body of GET sub-requests (PROTOCOL.md §5).
@@ -256,7 +330,16 @@ impl Worker {
         for part in parts {
             match multipart::parse_subrequest(part) {
                 Ok(sub) => match subscription(&sub, head) {
-                    Ok(spec) => subs.push(spec),
+                    Ok(spec) => {
+                        let authorization = sub
+                            .header("authorization")
+                            .or_else(|| head.header("authorization"));
+                        match self.denied_part(authorization, &spec.path, Access::Read, sub.target)
+                        {
+                            Some(reply) => errors.push(reply),
+                            None => subs.push(spec),
+                        }
+                    }
                     Err(reply) => errors.push(*reply),
                 },
                 Err(e) => errors.push(Reply::text(400, format_args!("invalid sub-request: {e}"))),

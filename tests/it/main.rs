@@ -4,6 +4,7 @@ mod support;
 
 mod badinput;
 mod batch;
+mod hardening;
 mod http1;
 mod longpoll;
 mod rest;

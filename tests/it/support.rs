@@ -84,6 +84,29 @@ impl Server {
         Client::connect(self.addr)
     }
 
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number has no memory effects.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill");
+    }
+
+    /// Waits for the process to exit (fails the test after `timeout`); returns whether it
+    /// exited successfully.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The server's resident memory, in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

@@ -49,6 +49,12 @@ pub struct GroupId {
 }
 
 impl GroupId {
+    /// A group id for benchmarks and tests of the wait lists (no group behind it).
+    #[doc(hidden)]
+    pub fn detached(key: u32) -> GroupId {
+        GroupId { key, gen: 0 }
+    }
+
     pub fn token(self) -> u64 {
         GROUP_TOKEN | (u64::from(self.key) << 32) | u64::from(self.gen)
     }

@@ -266,11 +266,10 @@ fn delimiter_line(body: &[u8], after: usize) -> Option<Delimiter> {
 }
 
 /// The part from `start` up to a delimiter line at `line_start`, without the line ending before it.
+///
+/// An empty part is the empty slice at `start`, so that it too points into the body.
 fn part_before(body: &[u8], start: usize, line_start: usize) -> &[u8] {
-    if line_start <= start {
-        return &[];
-    }
-    let part = body.get(start..line_start).unwrap_or_default();
+    let part = body.get(start..line_start.max(start)).unwrap_or_default();
     let part = part.strip_suffix(b"\n").unwrap_or(part);
     part.strip_suffix(b"\r").unwrap_or(part)
 }
@@ -403,7 +402,11 @@ impl<'a> Lines<'a> {
                 self.rest.get(..lf).unwrap_or_default(),
                 self.rest.get(lf.checked_add(1)?..).unwrap_or_default(),
             ),
-            None => (self.rest, &[][..]),
+            // The empty rest at the end of the part, so that it too points into the part.
+            None => (
+                self.rest,
+                self.rest.get(self.rest.len()..).unwrap_or_default(),
+            ),
         };
         self.rest = rest;
         Some(line.strip_suffix(b"\r").unwrap_or(line))
@@ -846,6 +849,44 @@ mod tests {
             err.to_string(),
             "request in part has more than 64 header lines"
         );
+    }
+
+    /// Where `inner` starts within `outer`, if it is a sub-slice of it.
+    fn offset_in(outer: &[u8], inner: &[u8]) -> Option<usize> {
+        let (o, i) = (outer.as_ptr_range(), inner.as_ptr_range());
+        (o.start <= i.start && i.end <= o.end).then(|| i.start as usize - o.start as usize)
+    }
+
+    #[test]
+    fn regression_fuzz_empty_part_points_into_the_body() {
+        // An empty part was a static `&[]`, not a slice of the body, breaking "everything
+        // here borrows from the body" (a caller taking its offset got garbage).
+        let body = b"--s\r\n--s\r\nB\r\n--s--";
+        let parts = split_parts(body, b"s", LIMITS).unwrap();
+        assert_eq!(parts, [&b""[..], b"B"]);
+        assert_eq!(offset_in(body, parts[0]), Some(5));
+        // The fuzzer's input: boundary `--`, whose close delimiter is `------`.
+        let body = b"----\r\n------\r\nx\r\n------\r\n";
+        let parts = split_parts(body, b"--", LIMITS).unwrap();
+        assert_eq!(parts, [&b""[..]]);
+        assert_eq!(offset_in(body, parts[0]), Some(6));
+    }
+
+    #[test]
+    fn regression_fuzz_subrequest_body_points_into_the_part() {
+        // With no line ending after the last line, the body was a static `&[]`.
+        for part in [
+            &b"GET /weather"[..],
+            b"GET /w\r\nA: 1",
+            b"\n\nGET /w HTTP/1.1",
+        ] {
+            let request = parse_subrequest(part).unwrap();
+            assert!(request.body.is_empty());
+            assert_eq!(offset_in(part, request.body), Some(part.len()), "{part:?}");
+        }
+        let part = b"PUT /n\r\nContent-Length: 0";
+        let request = parse_subrequest(part).unwrap();
+        assert_eq!(offset_in(part, request.body), Some(part.len()));
     }
 
     /// Every input of up to `max_len` bytes drawn from `alphabet`.

@@ -51,14 +51,18 @@ fn chunk() -> impl Strategy<Value = Chunk> {
         1 => "[ \t]{0,2};[a-z]{1,6}(=[a-zA-Z0-9]{1,6}|=\"[a-z ;,]{0,6}\")?"
             .prop_map(String::into_bytes),
     ];
-    (vec(any::<u8>(), 1..200), any::<bool>(), 0..3usize, extension).prop_map(
-        |(data, upper, zeros, extension)| Chunk {
+    (
+        vec(any::<u8>(), 1..200),
+        any::<bool>(),
+        0..3usize,
+        extension,
+    )
+        .prop_map(|(data, upper, zeros, extension)| Chunk {
             data,
             upper,
             zeros,
             extension,
-        },
-    )
+        })
 }
 
 fn size_line(len: usize, upper: bool, zeros: usize, extension: &[u8]) -> Vec<u8> {
@@ -85,7 +89,11 @@ fn decode_chunked(pieces: &[&[u8]]) -> Option<(Vec<u8>, usize)> {
         if done {
             return Some((out, offset + consumed));
         }
-        assert_eq!(consumed, piece.len(), "an unfinished decoder takes all input");
+        assert_eq!(
+            consumed,
+            piece.len(),
+            "an unfinished decoder takes all input"
+        );
         offset += consumed;
     }
     None
@@ -156,7 +164,12 @@ fn target() -> impl Strategy<Value = (String, String)> {
     let query = "(\\?[a-zA-Z0-9=&/?%-]{0,12})?";
     prop_oneof![
         (path, query).prop_map(|(p, q)| (format!("{p}{q}"), p)),
-        ("(http|HTTP|https)", "[a-z0-9.]{1,12}(:[0-9]{1,5})?", path, query)
+        (
+            "(http|HTTP|https)",
+            "[a-z0-9.]{1,12}(:[0-9]{1,5})?",
+            path,
+            query
+        )
             .prop_map(|(s, host, p, q)| (format!("{s}://{host}{p}{q}"), p)),
         ("http", "[a-z0-9.]{1,12}", query)
             .prop_map(|(s, host, q)| (format!("{s}://{host}{q}"), "/".to_string())),
@@ -165,8 +178,16 @@ fn target() -> impl Strategy<Value = (String, String)> {
 
 fn request() -> impl Strategy<Value = Request> {
     let method = prop_oneof![
-        select(vec!["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "SUBSCRIBE"])
-            .prop_map(str::to_string),
+        select(vec![
+            "GET",
+            "HEAD",
+            "PUT",
+            "POST",
+            "DELETE",
+            "OPTIONS",
+            "SUBSCRIBE"
+        ])
+        .prop_map(str::to_string),
         "[A-Z][A-Z_-]{0,10}",
     ];
     let extra = vec(("X-[A-Za-z0-9-]{1,10}", "[!-~]([ !-~]{0,20}[!-~])?"), 0..6);
@@ -175,47 +196,68 @@ fn request() -> impl Strategy<Value = Request> {
         (0u64..100_000).prop_map(Some),
         Just(Some(u64::MAX)),
     ];
-    let connection = select(vec![None, Some("close"), Some("keep-alive"), Some("Upgrade, Close")]);
-    (method, target(), any::<bool>(), extra, framing, connection).prop_map(
-        |(method, (target, path), http11, extra, framing, connection)| {
-            let version = if http11 {
-                Version::Http11
-            } else {
-                Version::Http10
-            };
-            let mut headers = vec![("Host".to_string(), "example.com:8080".to_string())];
-            headers.extend(extra);
-            let framing = match framing {
-                None => Framing::Length(0),
-                Some(u64::MAX) if http11 => {
-                    headers.push(("Transfer-Encoding".into(), "chunked".into()));
-                    Framing::Chunked
-                }
-                Some(u64::MAX) => Framing::Length(0),
-                Some(n) => {
-                    headers.push(("Content-Length".into(), n.to_string()));
-                    Framing::Length(n)
-                }
-            };
-            let keep_alive = match (connection, http11) {
-                (Some(c), _) if c.to_ascii_lowercase().contains("close") => false,
-                (Some("keep-alive"), false) => true,
-                (_, h) => h,
-            };
-            if let Some(c) = connection {
-                headers.push(("Connection".into(), c.into()));
-            }
-            Request {
-                method,
-                target,
-                path,
-                version,
-                headers,
-                framing,
-                keep_alive,
-            }
-        },
+    let connection = select(vec![
+        None,
+        Some("close"),
+        Some("keep-alive"),
+        Some("Upgrade, Close"),
+    ]);
+    let asterisk = any::<bool>();
+    (
+        method,
+        target(),
+        asterisk,
+        any::<bool>(),
+        extra,
+        framing,
+        connection,
     )
+        .prop_map(
+            |(method, (target, path), asterisk, http11, extra, framing, connection)| {
+                // OPTIONS may ask about the server as a whole.
+                let (target, path) = if asterisk && method == "OPTIONS" {
+                    ("*".to_string(), "*".to_string())
+                } else {
+                    (target, path)
+                };
+                let version = if http11 {
+                    Version::Http11
+                } else {
+                    Version::Http10
+                };
+                let mut headers = vec![("Host".to_string(), "example.com:8080".to_string())];
+                headers.extend(extra);
+                let framing = match framing {
+                    None => Framing::Length(0),
+                    Some(u64::MAX) if http11 => {
+                        headers.push(("Transfer-Encoding".into(), "chunked".into()));
+                        Framing::Chunked
+                    }
+                    Some(u64::MAX) => Framing::Length(0),
+                    Some(n) => {
+                        headers.push(("Content-Length".into(), n.to_string()));
+                        Framing::Length(n)
+                    }
+                };
+                let keep_alive = match (connection, http11) {
+                    (Some(c), _) if c.to_ascii_lowercase().contains("close") => false,
+                    (Some("keep-alive"), false) => true,
+                    (_, h) => h,
+                };
+                if let Some(c) = connection {
+                    headers.push(("Connection".into(), c.into()));
+                }
+                Request {
+                    method,
+                    target,
+                    path,
+                    version,
+                    headers,
+                    framing,
+                    keep_alive,
+                }
+            },
+        )
 }
 
 fn expected_method(token: &str) -> Method {

@@ -11,8 +11,6 @@ use thiserror::Error;
 
 /// Most header lines a request may carry; more is `431`.
 pub const MAX_HEADERS: usize = 128;
-/// Longest method token we look at before giving up on a request line.
-const MAX_METHOD_LEN: usize = 32;
 
 /// Limits on a request head; each comes from a flag.
 #[derive(Clone, Copy, Debug)]
@@ -234,7 +232,14 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<(Head, usize
             check_partial(buf, limits)?;
             return Ok(None);
         }
-        Err(e) => return Err(map_httparse_error(e, buf)),
+        Err(httparse::Error::Version) => {
+            return match classify_version(buf) {
+                VersionVerdict::NeedMore => check_partial(buf, limits).map(|()| None),
+                VersionVerdict::NotSupported => Err(HeadError::VersionNotSupported),
+                VersionVerdict::Malformed => Err(HeadError::Malformed("invalid HTTP version")),
+            }
+        }
+        Err(e) => return Err(map_httparse_error(e)),
     };
     if consumed > limits.max_header_bytes {
         return Err(HeadError::HeaderTooLarge(limits.max_header_bytes));
@@ -293,23 +298,20 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<(Head, usize
 }
 
 /// A partial head is refused early when it can no longer become acceptable.
+///
+/// That is when the target read so far (the bytes after the method's space, up to the
+/// next space or the end of the request line) is already longer than the limit: the
+/// complete head would be refused with `414` too, whether or not the request line has
+/// ended yet. A long method alone refuses nothing early, since a complete head with a
+/// long method is accepted (as `Method::Other`); the header-section limit bounds it.
 fn check_partial(buf: &[u8], limits: &HeadLimits) -> Result<(), HeadError> {
-    let first_line_done = memchr::memchr(b'\n', buf).is_some();
-    if !first_line_done {
-        // Request line: method SP target SP version. If it is still open after more
-        // than the longest target we allow, the target is what is too long.
-        let line_budget = limits.max_target_bytes + MAX_METHOD_LEN + " HTTP/1.1\r\n".len() + 1;
-        if buf.len() > line_budget {
-            let starts_like_request = buf
-                .iter()
-                .take(MAX_METHOD_LEN + 1)
-                .position(|&b| b == b' ')
-                .is_some_and(|sp| sp > 0 && buf[..sp].iter().all(|b| b.is_ascii_alphabetic()));
-            return Err(if starts_like_request {
-                HeadError::UriTooLong(limits.max_target_bytes)
-            } else {
-                HeadError::Malformed("request line too long")
-            });
+    let line = skip_empty_lines(buf);
+    let line = &line[..memchr::memchr(b'\n', line).unwrap_or(line.len())];
+    if let Some(sp) = memchr::memchr(b' ', line) {
+        let target = &line[sp + 1..];
+        let target_len = memchr::memchr(b' ', target).unwrap_or(target.len());
+        if target_len > limits.max_target_bytes {
+            return Err(HeadError::UriTooLong(limits.max_target_bytes));
         }
     }
     if buf.len() >= limits.max_header_bytes {
@@ -318,16 +320,19 @@ fn check_partial(buf: &[u8], limits: &HeadLimits) -> Result<(), HeadError> {
     Ok(())
 }
 
-fn map_httparse_error(e: httparse::Error, buf: &[u8]) -> HeadError {
+/// The bytes after the empty lines httparse skips before a request line (RFC 9112 §2.2).
+fn skip_empty_lines(buf: &[u8]) -> &[u8] {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    &buf[start..]
+}
+
+fn map_httparse_error(e: httparse::Error) -> HeadError {
     match e {
         httparse::Error::TooManyHeaders => HeadError::TooManyHeaders,
-        httparse::Error::Version => {
-            if looks_like_other_http_version(buf) {
-                HeadError::VersionNotSupported
-            } else {
-                HeadError::Malformed("invalid HTTP version")
-            }
-        }
+        httparse::Error::Version => HeadError::Malformed("invalid HTTP version"),
         httparse::Error::HeaderName => HeadError::Malformed("invalid header name"),
         httparse::Error::HeaderValue => HeadError::Malformed("invalid header value"),
         httparse::Error::NewLine => {
@@ -338,21 +343,52 @@ fn map_httparse_error(e: httparse::Error, buf: &[u8]) -> HeadError {
     }
 }
 
-/// `HTTP/2.0`, `HTTP/3.0`, `HTTP/1.2`: well-formed but not a version we speak.
-fn looks_like_other_http_version(buf: &[u8]) -> bool {
-    let line_end = memchr::memchr(b'\n', buf).unwrap_or(buf.len());
-    let line = &buf[..line_end];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    match line.iter().rposition(|&b| b == b' ') {
-        Some(sp) => {
-            let v = &line[sp + 1..];
-            v.len() == 8
-                && v.starts_with(b"HTTP/")
-                && v[5].is_ascii_digit()
-                && v[6] == b'.'
-                && v[7].is_ascii_digit()
-        }
-        None => false,
+/// What httparse's version error means for the bytes read so far.
+#[derive(Debug, PartialEq, Eq)]
+enum VersionVerdict {
+    /// A well-formed version we do not speak (`HTTP/2.0`, `HTTP/1.2`): `505`.
+    NotSupported,
+    /// Not a version at all: `400`.
+    Malformed,
+    /// The line is still open and its version field could still become `HTTP/d.d`.
+    NeedMore,
+}
+
+/// Classifies the version field of the request line (`method SP target SP version`).
+///
+/// httparse stops at the first byte that is not `HTTP/1.0` or `HTTP/1.1`, often before
+/// the line is complete, so the verdict waits for the line ending: `HTTP/2` could
+/// still become `HTTP/2.0` (505) or `HTTP/2x` (400). Only the third field counts, so
+/// `GET /x  HTTP/1.1` (two spaces) is malformed, not an unsupported version.
+fn classify_version(buf: &[u8]) -> VersionVerdict {
+    const SHAPE: &[u8; 8] = b"HTTP/d.d";
+    let fits_shape = |v: &[u8]| {
+        v.len() <= SHAPE.len()
+            && v.iter().zip(SHAPE).all(|(&b, &s)| {
+                if s == b'd' {
+                    b.is_ascii_digit()
+                } else {
+                    b == s
+                }
+            })
+    };
+    let line = skip_empty_lines(buf);
+    let (line, complete) = match memchr::memchr(b'\n', line) {
+        Some(lf) => (&line[..lf], true),
+        None => (line, false),
+    };
+    let mut fields = line.splitn(3, |&b| b == b' ');
+    let (Some(_method), Some(_target), Some(version)) =
+        (fields.next(), fields.next(), fields.next())
+    else {
+        return VersionVerdict::Malformed;
+    };
+    // A CR at the end is the line ending (or, while open, the start of it).
+    let version = version.strip_suffix(b"\r").unwrap_or(version);
+    match (complete, fits_shape(version)) {
+        (true, true) if version.len() == SHAPE.len() => VersionVerdict::NotSupported,
+        (false, true) => VersionVerdict::NeedMore,
+        _ => VersionVerdict::Malformed,
     }
 }
 
@@ -756,6 +792,119 @@ mod tests {
         let all: Vec<&[u8]> = h.headers_named("A").collect();
         assert_eq!(all, vec![&b"1"[..], &b"2"[..]]);
         assert_eq!(h.header_lines().count(), 3);
+    }
+
+    /// Parses every prefix of `input` under `limits`: "need more" until the head is
+    /// complete or refused, and from the first refusal on, refused with `status`.
+    fn check_every_prefix_refused(input: &[u8], limits: &HeadLimits, status: u16) {
+        let mut refused = false;
+        for k in 0..=input.len() {
+            match parse_head(&input[..k], limits) {
+                Ok(None) => assert!(
+                    !refused,
+                    "prefix {k} of {input:?} wants more after a refusal"
+                ),
+                Ok(Some(_)) => panic!("prefix {k} of {input:?} was accepted"),
+                Err(e) => {
+                    assert_eq!(e.status(), status, "prefix {k} of {input:?}: {e:?}");
+                    refused = true;
+                }
+            }
+        }
+        assert!(refused, "{input:?} was never refused");
+    }
+
+    #[test]
+    fn regression_fuzz_unsupported_version_waits_for_the_line_end() {
+        // `HTTP/2` was refused with 400 ("invalid HTTP version") while the line was
+        // open and with 505 once `.0` arrived: the status depended on the TCP split.
+        let limits = HeadLimits::default();
+        for partial in [
+            "GET / HTTP/2",
+            "GET / HTTP/2.",
+            "GET / HTTP/2.0",
+            "GET / HTTP/1.2\r",
+        ] {
+            assert!(matches!(parse(partial), Ok(None)), "{partial:?}");
+        }
+        check_every_prefix_refused(b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", &limits, 505);
+        check_every_prefix_refused(b"GET / HTTP/1.2\n\n", &limits, 505);
+        check_every_prefix_refused(b"GET / HTTP/2x\r\n\r\n", &limits, 400);
+        check_every_prefix_refused(b"GET / HTTP/2.0x\r\n\r\n", &limits, 400);
+        check_every_prefix_refused(b"GET / HTTP/2.0\rx\n\r\n", &limits, 400);
+    }
+
+    #[test]
+    fn regression_fuzz_version_is_the_third_field_of_the_request_line() {
+        // The version was taken from the last space-separated token of the line, so a
+        // malformed line that happened to end in `HTTP/1.1` was answered 505.
+        let limits = HeadLimits::default();
+        let fuzzed = b"POST /batch HTT\0\0\0\0\0\0\0\0POST / HTTP/1.1\r\nHost: h\r\n\r\n";
+        check_every_prefix_refused(fuzzed, &limits, 400);
+        assert_eq!(
+            err("GET /x  HTTP/1.1\r\nHost: h\r\n\r\n"),
+            HeadError::Malformed("invalid HTTP version")
+        );
+        assert_eq!(err("GET / HTX x HTTP/1.1\r\n\r\n").status(), 400);
+    }
+
+    #[test]
+    fn regression_fuzz_unsupported_version_after_leading_empty_line() {
+        // The version was looked for on the first line, which is the empty one here.
+        assert_eq!(
+            err("\r\nGET / HTTP/2.0\r\n\r\n"),
+            HeadError::VersionNotSupported
+        );
+        assert_eq!(
+            err("\n\r\nGET / HTTP/3.0\n\n"),
+            HeadError::VersionNotSupported
+        );
+    }
+
+    #[test]
+    fn regression_fuzz_long_target_stays_refused_after_the_line_ends() {
+        // A target over the limit was refused (414) while the request line was open,
+        // but once its LF arrived the partial head was "need more" again.
+        let limits = HeadLimits {
+            max_header_bytes: 384,
+            max_target_bytes: 48,
+        };
+        let input = format!("GET /a/b?x{} HTTP/1.1\r\nHo", "(".repeat(50));
+        check_every_prefix_refused(input.as_bytes(), &limits, 414);
+        let complete = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(60));
+        check_every_prefix_refused(complete.as_bytes(), &limits, 414);
+        // At the limit: never refused.
+        let at_limit = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(47));
+        for k in 0..at_limit.len() {
+            assert!(matches!(
+                parse_head(&at_limit.as_bytes()[..k], &limits),
+                Ok(None)
+            ));
+        }
+        assert!(matches!(
+            parse_head(at_limit.as_bytes(), &limits),
+            Ok(Some(_))
+        ));
+    }
+
+    #[test]
+    fn regression_long_method_is_not_refused_early() {
+        // A request line still open past a budget of target + 32 method bytes was
+        // refused (400) when its method had no space in the first 33 bytes, yet the
+        // complete head is accepted (as `Method::Other`): refused at one split,
+        // accepted at another. Found while fixing the target check above; the fuzz
+        // target's "once refused, always refused" invariant covers it.
+        let limits = HeadLimits {
+            max_header_bytes: 384,
+            max_target_bytes: 48,
+        };
+        let input = format!("{} /x HTTP/1.1\r\nHost: h\r\n\r\n", "M".repeat(120));
+        for k in 0..input.len() {
+            let outcome = parse_head(&input.as_bytes()[..k], &limits);
+            assert!(matches!(outcome, Ok(None)), "prefix {k}: {outcome:?}");
+        }
+        let (head, n) = parse_head(input.as_bytes(), &limits).unwrap().unwrap();
+        assert_eq!((head.method, n), (Method::Other, input.len()));
     }
 
     #[test]

@@ -49,13 +49,16 @@ pub struct Connection {
     pub buf: Vec<u8>,
     shared: Arc<Shared>,
     worker: u16,
+    /// Which connection this is among those its worker accepted (its descriptor number
+    /// may be reused by a later one).
+    gen: u32,
     /// The client address, when the per-IP cap counts it.
     ip: Option<IpAddr>,
 }
 
 impl Connection {
     /// Counts a connection accepted by `worker` (it is uncounted when dropped).
-    pub fn new(stream: TcpStream, shared: Arc<Shared>, worker: usize) -> Connection {
+    pub fn new(stream: TcpStream, shared: Arc<Shared>, worker: usize, gen: u32) -> Connection {
         shared.metrics.open_connections.fetch_add(1, Relaxed);
         shared.metrics.workers[worker].open.fetch_add(1, Relaxed);
         Connection {
@@ -63,8 +66,13 @@ impl Connection {
             buf: Vec::new(),
             shared,
             worker: worker as u16,
+            gen,
             ip: None,
         }
+    }
+
+    pub fn gen(&self) -> u32 {
+        self.gen
     }
 
     /// Counts this connection against the per-IP cap; `false` when `ip` is at the cap.
@@ -84,6 +92,9 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        // Completes the connection's hang-up poll, if armed (it holds a reference to the
+        // socket), so the socket is really closed with its descriptor.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
         let m = &self.shared.metrics;
         m.open_connections.fetch_sub(1, Relaxed);
         let worker = self.worker as usize;
@@ -481,7 +492,7 @@ impl Task {
                         persistence,
                         head_only,
                     };
-                    let Some((parked, reply)) = worker.start_poll(path, query, parked) else {
+                    let Some((parked, shaped)) = worker.start_poll(path, query, parked) else {
                         return; // Parked: this task ends; the wait list owns the connection.
                     };
                     // Answered at once: carry on with the same connection.
@@ -490,8 +501,7 @@ impl Task {
                         conn: parked.conn,
                         out: Out::default(),
                     };
-                    self.out
-                        .push_reply(&self.worker, reply, persistence, head_only);
+                    self.out.push(&self.worker, shaped, persistence, head_only);
                 }
             }
             if persistence == Persistence::Close {

@@ -39,9 +39,6 @@ use crate::store::event::Replacement;
 use crate::store::{Answer, ChangeEvent, Shaped};
 use crate::time::Timestamp;
 
-/// Hang-up tokens of groups have this bit set (waiter tokens never do).
-pub const GROUP_TOKEN: u64 = 1 << 63;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GroupId {
     key: u32,
@@ -53,17 +50,6 @@ impl GroupId {
     #[doc(hidden)]
     pub fn detached(key: u32) -> GroupId {
         GroupId { key, gen: 0 }
-    }
-
-    pub fn token(self) -> u64 {
-        GROUP_TOKEN | (u64::from(self.key) << 32) | u64::from(self.gen)
-    }
-
-    pub fn from_token(token: u64) -> GroupId {
-        GroupId {
-            key: ((token & !GROUP_TOKEN) >> 32) as u32,
-            gen: token as u32,
-        }
     }
 }
 
@@ -263,7 +249,10 @@ impl Worker {
                 gen,
             }
         };
-        self.hangup.watch(fd, id.token());
+        if let Some(g) = self.groups.borrow_mut().get_mut(id) {
+            self.hangup
+                .attach(fd, g.conn.gen(), super::hangup::Holder::Group(id));
+        }
         match mode {
             GroupMode::Stream(form) => {
                 for reply in errors {
@@ -636,8 +625,7 @@ impl Worker {
             self.watch.borrow_mut().remove(*wid);
         }
         if how != End::HungUp {
-            self.hangup.unwatch(gid.token());
-            self.hangup.flush();
+            self.hangup.detach(g.conn.stream.as_raw_fd(), g.conn.gen());
         }
         if let GroupMode::Stream(_) = g.mode {
             self.metrics().streams.fetch_sub(1, Relaxed);
@@ -650,7 +638,7 @@ impl Worker {
         let Some(g) = self.groups.borrow_mut().remove(gid) else {
             return;
         };
-        self.hangup.unwatch(gid.token());
+        self.hangup.detach(g.conn.stream.as_raw_fd(), g.conn.gen());
         for wid in &g.subs {
             self.watch.borrow_mut().remove(*wid);
         }

@@ -39,8 +39,8 @@ use crate::metrics::{Metrics, Rejection, WorkerMetrics};
 use crate::store::{Answer, ChangeEvent, MemStore, Shaped, Store, WriteOp};
 use crate::time::Timestamp;
 use conn::Connection;
-use group::{End, GroupId, Groups, GROUP_TOKEN};
-use hangup::{Hangup, HangupRing};
+use group::{End, GroupId, Groups};
+use hangup::HangupRing;
 use mailbox::{Inbox, Mailbox, Msg};
 use watch::{Holder, ParkedConn, WaitQuery, WaitState, WaiterId, WatchTable};
 
@@ -59,6 +59,14 @@ pub struct Shared {
     pub per_ip: Option<limits::PerIp>,
     /// Per worker: signalled when its last connection closes (the end of a drain).
     pub drained: Vec<Notify>,
+}
+
+/// What a worker knows of a remotely owned resource it is registered for.
+struct Known {
+    /// Stamp of the newest change received (or of the state when we registered).
+    last: Timestamp,
+    /// That change, when we received it as an event.
+    event: Option<Arc<ChangeEvent>>,
 }
 
 /// What a deadline expires.
@@ -125,6 +133,11 @@ pub struct Worker {
     stop_accepting: Notify,
     /// Wakes connections idle between requests (so a drain can close them).
     wake_idle: Notify,
+    /// Generation of the last accepted connection (descriptors are reused).
+    conn_gen: Cell<u32>,
+    /// Watcher side: remotely owned resources this worker is registered for (present
+    /// from the owner's first "wait" answer or change until we send `Unwatch`).
+    known: RefCell<HashMap<Arc<str>, Known>>,
 }
 
 impl Worker {
@@ -310,12 +323,22 @@ impl Worker {
         path: Arc<str>,
         query: WaitQuery,
         parked: ParkedConn,
-    ) -> Option<(ParkedConn, Reply)> {
+    ) -> Option<(ParkedConn, Shaped)> {
         let owner = self.owner_of(&path);
         if owner == self.id {
             match self.poll_for(&path, &query, self.id, false) {
-                Answer::Now(reply) => Some((parked, reply)),
+                Answer::Now(reply) => Some((parked, Shaped::from_reply(reply))),
                 Answer::Wait { since } => {
+                    self.park(path, WaitState::Parked { since }, query, parked);
+                    None
+                }
+            }
+        } else if let Some(known) = self.known_answer(&path, &query) {
+            // Registered with the owner already, and what we know answers it.
+            match known {
+                Some(shaped) => Some((parked, shaped)),
+                None => {
+                    let since = query.t;
                     self.park(path, WaitState::Parked { since }, query, parked);
                     None
                 }
@@ -343,12 +366,12 @@ impl Worker {
         query: WaitQuery,
         parked: ParkedConn,
     ) -> WaiterId {
-        let fd = parked.conn.stream.as_raw_fd();
+        let (fd, gen) = (parked.conn.stream.as_raw_fd(), parked.conn.gen());
         let id = self
             .watch
             .borrow_mut()
             .insert(path, state, query, Holder::Poll(parked));
-        self.hangup.watch(fd, id.token());
+        self.hangup.attach(fd, gen, hangup::Holder::Waiter(id));
         if let Some(timeout) = self.config().poll_timeout {
             self.add_deadline(timeout, Expiry::Waiter(id));
         }
@@ -366,36 +389,79 @@ impl Worker {
         }
     }
 
-    /// Takes a long poll out of the wait list (removing its hang-up poll); returns its
-    /// connection.
-    fn unpark(&self, id: WaiterId, remove_poll: bool) -> Option<ParkedConn> {
+    /// Takes a long poll out of the wait list; returns its connection (whose hang-up
+    /// poll stays armed for its next park).
+    fn unpark(&self, id: WaiterId) -> Option<ParkedConn> {
         if !matches!(self.watch.borrow().get(id)?.holder, Holder::Poll(_)) {
             return None;
         }
         let w = self.watch.borrow_mut().remove(id)?;
-        if remove_poll {
-            self.hangup.unwatch(id.token());
-        }
         self.metrics().parked.fetch_sub(1, Relaxed);
         match w.holder {
-            Holder::Poll(parked) => Some(parked),
+            Holder::Poll(parked) => {
+                self.hangup
+                    .detach(parked.conn.stream.as_raw_fd(), parked.conn.gen());
+                Some(parked)
+            }
             Holder::Group(_) => None,
         }
     }
 
     /// Answers a long poll and lets its connection carry on.
     fn release(self: &Rc<Self>, id: WaiterId, shaped: Shaped) {
-        if let Some(parked) = self.unpark(id, true) {
+        if let Some(parked) = self.unpark(id) {
             self.metrics().deliveries.fetch_add(1, Relaxed);
             tokio_uring::spawn(conn::answer_parked(self.clone(), parked, shaped));
         }
     }
 
     /// A change of a resource some of our connections may watch.
+    /// A long poll of a remotely owned resource answered from what this worker knows,
+    /// without a message: `Some(None)` = park (the client is up to date with the newest
+    /// change we received, and the owner will send us the next one); `Some(Some(..))` =
+    /// answer now (the client is exactly one change behind); `None` = ask the owner.
+    fn known_answer(&self, path: &str, query: &WaitQuery) -> Option<Option<Shaped>> {
+        let known = self.known.borrow();
+        let k = known.get(path)?;
+        if query.t == k.last {
+            return Some(None);
+        }
+        let event = k.event.as_ref().filter(|e| e.prev == query.t)?;
+        event.answer_for(query.t, query.range.as_ref()).map(Some)
+    }
+
+    /// Records that this worker is registered with the remote owner of `path`, up to date
+    /// with `last` (and `event`, the change stamped `last`, if we have it).
+    fn learn(&self, path: &Arc<str>, last: Timestamp, event: Option<&Arc<ChangeEvent>>) {
+        if self.owner_of(path) == self.id {
+            return;
+        }
+        let mut known = self.known.borrow_mut();
+        match known.get_mut(&**path) {
+            Some(k) if k.last >= last => {}
+            Some(k) => {
+                *k = Known {
+                    last,
+                    event: event.cloned(),
+                }
+            }
+            None => {
+                known.insert(
+                    path.clone(),
+                    Known {
+                        last,
+                        event: event.cloned(),
+                    },
+                );
+            }
+        }
+    }
+
     fn handle_change(self: &Rc<Self>, event: &Arc<ChangeEvent>) {
         let Some(ids) = self.watch.borrow().ids_for(&event.path) else {
             // Nobody here watches it any more: tell the owner (lazily, so a long poll
             // that re-polls right after its answer does not cause message churn).
+            self.known.borrow_mut().remove(&*event.path);
             let owner = self.owner_of(&event.path);
             if owner == self.id {
                 self.unwatch(&event.path, self.id);
@@ -410,6 +476,7 @@ impl Worker {
             }
             return;
         };
+        self.learn(&event.path, event.ts, Some(event));
         for id in ids {
             let (since, range, group) = match self.watch.borrow().get(id) {
                 Some(w) => match w.state {
@@ -470,9 +537,15 @@ impl Worker {
         match answer {
             Answer::Now(reply) => self.release(id, Shaped::from_reply(reply)),
             Answer::Wait { since } => {
-                if let Some(w) = self.watch.borrow_mut().get_mut(id) {
-                    w.state = WaitState::Parked { since };
-                }
+                let path = match self.watch.borrow_mut().get_mut(id) {
+                    Some(w) => {
+                        w.state = WaitState::Parked { since };
+                        w.path().clone()
+                    }
+                    None => return,
+                };
+                // The owner registered us: later re-polls from `since` can park here.
+                self.learn(&path, since, None);
             }
         }
     }
@@ -535,16 +608,17 @@ impl Worker {
                 tracing::error!(error = %e, "hang-up ring failed; parked clients that leave are no longer noticed");
                 return;
             }
-            for event in batch.drain(..) {
-                if let Hangup::Closed(token) = event {
-                    // The poll completed, so there is nothing to remove; dropping the
-                    // waiter (or the group) closes its connection.
-                    if token & GROUP_TOKEN != 0 {
-                        self.metrics().hangups.fetch_add(1, Relaxed);
-                        self.end_group(GroupId::from_token(token), End::HungUp);
-                    } else if self.unpark(WaiterId::from_token(token), false).is_some() {
-                        self.metrics().hangups.fetch_add(1, Relaxed);
+            // Dropping the waiter (or ending the group) closes its connection.
+            for holder in batch.drain(..) {
+                let freed = match holder {
+                    hangup::Holder::Waiter(id) => self.unpark(id).is_some(),
+                    hangup::Holder::Group(gid) => {
+                        self.end_group(gid, End::HungUp);
+                        true
                     }
+                };
+                if freed {
+                    self.metrics().hangups.fetch_add(1, Relaxed);
                 }
             }
         }
@@ -608,7 +682,9 @@ impl Worker {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
                     self.metrics().connections_accepted.fetch_add(1, Relaxed);
-                    let mut conn = Connection::new(stream, self.shared.clone(), self.id);
+                    let gen = self.conn_gen.get().wrapping_add(1);
+                    self.conn_gen.set(gen);
+                    let mut conn = Connection::new(stream, self.shared.clone(), self.id, gen);
                     let open = metrics.open_connections.load(Relaxed);
                     let refusal = if open as usize > self.shared.max_connections {
                         Some((503, Rejection::ConnectionLimit))
@@ -686,6 +762,8 @@ pub fn run(
             draining: Cell::new(false),
             stop_accepting: Notify::new(),
             wake_idle: Notify::new(),
+            conn_gen: Cell::new(0),
+            known: RefCell::new(HashMap::new()),
             shared,
         });
         tokio_uring::spawn(worker.clone().inbox_loop(inbox));

@@ -36,20 +36,6 @@ pub struct WaiterId {
     gen: u32,
 }
 
-impl WaiterId {
-    /// The hang-up token (keys stay below 2^31; group tokens set the top bit).
-    pub fn token(self) -> u64 {
-        (u64::from(self.key) << 32) | u64::from(self.gen)
-    }
-
-    pub fn from_token(token: u64) -> WaiterId {
-        WaiterId {
-            key: (token >> 32) as u32,
-            gen: token as u32,
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitState {
     /// Asked the owner; its answer is on the way.

@@ -4,7 +4,8 @@ pub mod accept;
 pub mod body;
 pub mod frame;
 pub mod multipart;
-#[cfg(test)] mod props;
+#[cfg(test)]
+mod props;
 pub mod range;
 pub mod request;
 pub mod response;

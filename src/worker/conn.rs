@@ -32,7 +32,11 @@ use crate::store::Shaped;
 
 /// Most iovecs handed to one `writev` (the kernel's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
-/// Read buffers start this small and grow only for large heads or bodies.
+/// A connection's first read buffer: a typical request (a long poll is ~300 bytes)
+/// fits, and a burst of connections that have not sent anything yet costs little.
+const FIRST_READ: usize = 512;
+/// Later reads get at least this much room (and the buffer doubles for large heads
+/// or bodies).
 const READ_CHUNK: usize = 4096;
 /// A read buffer grown past this is released once it is empty again.
 const KEEP_BUFFER_MAX: usize = 64 * 1024;
@@ -216,7 +220,9 @@ impl Task {
     /// Reads more bytes into the buffer, within `timeout`.
     async fn read_more(&mut self, timeout: Option<Duration>) -> Result<(), ReadEnd> {
         let buf = &mut self.conn.buf;
-        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        if buf.capacity() == 0 {
+            buf.reserve_exact(FIRST_READ);
+        } else if buf.capacity() - buf.len() < FIRST_READ / 2 {
             buf.reserve(READ_CHUNK.max(buf.len()));
         }
         let len = buf.len();

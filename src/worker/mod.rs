@@ -652,6 +652,25 @@ impl Worker {
         }
     }
 
+    /// After a burst of connections, hands the memory their short-lived buffers and tasks
+    /// used back to the operating system (the allocator otherwise keeps freed pages until
+    /// this thread allocates again, which an idle worker full of parked polls never does).
+    async fn housekeeping_loop(self: Rc<Self>) {
+        let mut ticks = tokio::time::interval(Duration::from_millis(250));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = 0;
+        loop {
+            ticks.tick().await;
+            let accepted = self.metrics().connections_accepted.load(Relaxed);
+            if accepted != seen {
+                seen = accepted;
+                // SAFETY: `mi_collect` only walks and releases this thread's own
+                // mimalloc heap (the global allocator); it takes no pointers from us.
+                unsafe { libmimalloc_sys::mi_collect(false) };
+            }
+        }
+    }
+
     async fn heartbeat_loop(self: Rc<Self>, every: Duration) {
         let heartbeat = Frame::heartbeat(&self.shared.boundary);
         let mut ticks = tokio::time::interval(every);
@@ -769,6 +788,7 @@ pub fn run(
         tokio_uring::spawn(worker.clone().inbox_loop(inbox));
         tokio_uring::spawn(worker.clone().hangup_loop());
         tokio_uring::spawn(worker.clone().deadline_loop());
+        tokio_uring::spawn(worker.clone().housekeeping_loop());
         if let Some(every) = worker.config().heartbeat {
             tokio_uring::spawn(worker.clone().heartbeat_loop(every));
         }

@@ -14,11 +14,15 @@
 #   ROUNDS [3]            rounds per scenario
 #   THREADS [nproc]       halley --threads and nginx worker_processes
 #   DURATION [8s]         measured window of each fanout run
-#   SCENARIOS [park fanout fixed longpoll portfolio]
+#   SCENARIOS [park fanout fixed longpoll longpoll_rate portfolio]
 #   PARK_CONNS [10000] PARK_RESOURCES [100] PARK_HOLD [3s]
 #   FANOUT_SUBS [10000] FANOUT_RESOURCES [100] MSG_SIZE [100]
 #   FIXED_DELIVERIES [10000]   deliveries/s of the fixed-rate run (rate = this / (subs/resources))
 #   LP_SUBS [10000]
+#   LP_PUBLISH [""]      extra publisher flags of the long-poll run (default: one closed-loop publisher)
+#   LPR_PUBLISH ["--rate 2000 --batch 50 --publishers 2 --pipeline 8"]   the "longpoll_rate"
+#                         scenario: an open-loop feed faster than subscribers re-poll, so each
+#                         poll collects several changes (halley: one 206; Nchan: a multipart)
 #   PF_CONNS [1000] PF_PER_CONN [10] PF_RESOURCES [100] PF_BATCH [10]
 #   LOAD_PROCS [1]        halley-load --procs
 #   HALLEY_PORT [18080] HALLEY_METRICS_PORT [18090] NCHAN_PORT [18081]
@@ -32,7 +36,7 @@ ROOT="$(cd "$HERE/.." && pwd)"
 ROUNDS="${ROUNDS:-3}"
 THREADS="${THREADS:-$(nproc)}"
 DURATION="${DURATION:-8s}"
-SCENARIOS="${SCENARIOS:-park fanout fixed longpoll portfolio}"
+SCENARIOS="${SCENARIOS:-park fanout fixed longpoll longpoll_rate portfolio}"
 PARK_CONNS="${PARK_CONNS:-10000}"
 PARK_RESOURCES="${PARK_RESOURCES:-100}"
 PARK_HOLD="${PARK_HOLD:-3s}"
@@ -41,6 +45,8 @@ FANOUT_RESOURCES="${FANOUT_RESOURCES:-100}"
 MSG_SIZE="${MSG_SIZE:-100}"
 FIXED_DELIVERIES="${FIXED_DELIVERIES:-10000}"
 LP_SUBS="${LP_SUBS:-10000}"
+LP_PUBLISH="${LP_PUBLISH:-}"
+LPR_PUBLISH="${LPR_PUBLISH:---rate 2000 --batch 50 --publishers 2 --pipeline 8}"
 PF_CONNS="${PF_CONNS:-1000}"
 PF_PER_CONN="${PF_PER_CONN:-10}"
 PF_RESOURCES="${PF_RESOURCES:-100}"
@@ -202,7 +208,9 @@ run_one() {
         fixed)
             args="fanout $common --mode stream --subscribers $FANOUT_SUBS --resources $FANOUT_RESOURCES --msg-size $MSG_SIZE --duration $DURATION --rate $FIXED_RATE" ;;
         longpoll)
-            args="fanout $common --mode longpoll --subscribers $LP_SUBS --resources $FANOUT_RESOURCES --msg-size $MSG_SIZE --duration $DURATION --metrics $(metrics_url "$srv")" ;;
+            args="fanout $common --mode longpoll --subscribers $LP_SUBS --resources $FANOUT_RESOURCES --msg-size $MSG_SIZE --duration $DURATION --metrics $(metrics_url "$srv") $LP_PUBLISH" ;;
+        longpoll_rate)
+            args="fanout $common --mode longpoll --subscribers $LP_SUBS --resources $FANOUT_RESOURCES --msg-size $MSG_SIZE --duration $DURATION --metrics $(metrics_url "$srv") $LPR_PUBLISH" ;;
         portfolio)
             local pub="--batch $PF_BATCH"
             # Without /batch, halley gets the same shape as Nchan: PF_BATCH pipelined POSTs.
@@ -271,6 +279,13 @@ SUMMARY="$RESULTS_DIR/summary.txt"
                 row "stream at $FIXED_DELIVERIES/s: p50 latency (µs)" fixed '.results.latency_us.p50_us' lower
                 row "stream at $FIXED_DELIVERIES/s: p99 latency (µs)" fixed '.results.latency_us.p99_us' lower
                 row "stream at $FIXED_DELIVERIES/s: server CPU-s per run window" fixed '.results.server_cpu_s' lower ;;
+            longpoll_rate)
+                row "long poll, feed: deliveries/s" longpoll_rate '.results.deliveries_per_s' higher
+                row "long poll, feed: changes/s achieved" longpoll_rate '.results.changes_per_s' higher
+                row "long poll, feed: p50 latency (µs)" longpoll_rate '.results.latency_us.p50_us' lower
+                row "long poll, feed: p99 latency (µs)" longpoll_rate '.results.latency_us.p99_us' lower
+                row "long poll, feed: deliveries per server CPU-s" longpoll_rate '.results.deliveries_per_server_cpu_s' higher
+                row "long poll, feed: lost+dup+ooo" longpoll_rate '(.results.lost + .results.duplicates + .results.out_of_order)' lower ;;
             longpoll)
                 row "long poll $LP_SUBS subs: deliveries/s" longpoll '.results.deliveries_per_s' higher
                 row "long poll: p99 latency (µs)" longpoll '.results.latency_us.p99_us' lower

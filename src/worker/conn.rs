@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
@@ -30,8 +30,6 @@ use crate::http::response::{HeadBuilder, Persistence, Reply};
 use crate::metrics::Rejection;
 use crate::store::Shaped;
 
-/// Most iovecs handed to one `writev` (the kernel's `IOV_MAX`).
-const IOV_MAX: usize = 1024;
 /// A connection's first read buffer: a typical request (a long poll is ~300 bytes)
 /// fits, and a burst of connections that have not sent anything yet costs little.
 const FIRST_READ: usize = 512;
@@ -47,7 +45,8 @@ const LINGER_MAX_BYTES: usize = 64 * 1024;
 
 /// A client connection. Counted in the server's open-connection gauge for as long as it lives.
 pub struct Connection {
-    pub stream: TcpStream,
+    /// Shared with every send in flight, so the descriptor outlives them (see `send`).
+    pub stream: Rc<TcpStream>,
     /// Bytes read but not yet parsed (pipelined requests). Empty when parked without
     /// pipelined data, so a parked connection holds no read buffer.
     pub buf: Vec<u8>,
@@ -66,7 +65,7 @@ impl Connection {
         shared.metrics.open_connections.fetch_add(1, Relaxed);
         shared.metrics.workers[worker].open.fetch_add(1, Relaxed);
         Connection {
-            stream,
+            stream: Rc::new(stream),
             buf: Vec::new(),
             shared,
             worker: worker as u16,
@@ -155,42 +154,6 @@ impl Out {
     }
 }
 
-/// Writes every piece, handling short writes and the iovec limit.
-pub async fn write_all(stream: &TcpStream, mut pieces: Vec<Bytes>) -> std::io::Result<u64> {
-    let mut total = 0u64;
-    while !pieces.is_empty() {
-        let rest = if pieces.len() > IOV_MAX {
-            pieces.split_off(IOV_MAX)
-        } else {
-            Vec::new()
-        };
-        let (res, mut batch) = stream.writev(pieces).await;
-        let mut n = res?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        total += n as u64;
-        let done = batch
-            .iter()
-            .take_while(|p| {
-                if n >= p.len() {
-                    n -= p.len();
-                    true
-                } else {
-                    false
-                }
-            })
-            .count();
-        batch.drain(..done);
-        if let Some(first) = batch.first_mut() {
-            first.advance(n);
-        }
-        batch.extend(rest);
-        pieces = batch;
-    }
-    Ok(total)
-}
-
 /// The state of one connection while its task runs.
 struct Task {
     worker: Rc<Worker>,
@@ -212,7 +175,7 @@ impl Task {
             return Ok(());
         }
         let pieces = std::mem::take(&mut self.out.pieces);
-        let n = write_all(&self.conn.stream, pieces).await?;
+        let n = super::send::send_all(&self.conn.stream, pieces).await?;
         self.worker.metrics().bytes_written.fetch_add(n, Relaxed);
         Ok(())
     }

@@ -544,7 +544,7 @@ impl Worker {
                 )
             };
             self.metrics().stream_writes.fetch_add(1, Relaxed);
-            let result = conn::write_all(&conn.stream, pieces).await;
+            let result = super::send::send_all(&conn.stream, pieces).await;
             self.metrics()
                 .stream_buffered_bytes
                 .fetch_sub(n as i64, Relaxed);

@@ -18,6 +18,7 @@ pub mod hangup;
 pub mod limits;
 pub mod mailbox;
 pub mod route;
+pub mod send;
 pub mod watch;
 
 use std::cell::{Cell, RefCell};

@@ -28,8 +28,6 @@ use bytes::Bytes;
 
 use super::conn::{self, Connection};
 use super::mailbox::Msg;
-use super::ring::SEND_TAG;
-use super::send::SendBufs;
 use super::watch::{Holder, WaitQuery, WaitState, WaiterId};
 use super::Worker;
 use crate::body::Body;
@@ -48,13 +46,6 @@ pub struct GroupId {
 }
 
 impl GroupId {
-    fn from_send_token(user_data: u64) -> GroupId {
-        GroupId {
-            key: ((user_data & !SEND_TAG) >> 32) as u32,
-            gen: user_data as u32,
-        }
-    }
-
     /// A group id for benchmarks and tests of the wait lists (no group behind it).
     #[doc(hidden)]
     pub fn detached(key: u32) -> GroupId {
@@ -69,19 +60,6 @@ pub enum GroupMode {
     /// One answer: a complete `multipart/digest` of every ready resource, or (when the
     /// client does not accept multipart) the plain answer of the earliest one.
     Once { multipart: bool },
-}
-
-/// A send the kernel is working on: its buffers, when its parts' changes were stamped,
-/// and the bytes it holds (for the stream budget).
-pub struct InFlight {
-    bufs: SendBufs,
-    born: Vec<Instant>,
-    bytes: usize,
-}
-
-/// The ring user data of a group's send.
-fn send_token(gid: GroupId) -> u64 {
-    SEND_TAG | (u64::from(gid.key) << 32) | u64::from(gid.gen)
 }
 
 /// One resource a group watches: the path, the client's stamp, its `Range`.
@@ -117,10 +95,8 @@ pub struct Group {
     /// When the changes of the queued parts were stamped (latency metric).
     born: Vec<Instant>,
     queued: usize,
-    /// The send the kernel is working on, if any (its buffers must live until it completes).
-    in_flight: Option<InFlight>,
-    /// In `Worker::pending_sends`: a send is due at the end of the unit of work.
-    pending: bool,
+    in_flight: usize,
+    writing: bool,
     /// No more parts: the writer closes the connection once the queue is written.
     ending: bool,
     dirty: Vec<WaiterId>,
@@ -258,8 +234,8 @@ impl Worker {
                 queue: Vec::new(),
                 born: Vec::new(),
                 queued: 0,
-                in_flight: None,
-                pending: false,
+                in_flight: 0,
+                writing: false,
                 ending: false,
                 dirty: Vec::new(),
                 last_replacement: None,
@@ -274,12 +250,8 @@ impl Worker {
             }
         };
         if let Some(g) = self.groups.borrow_mut().get_mut(id) {
-            self.hangups.attach(
-                &self.ring,
-                fd,
-                g.conn.gen(),
-                super::hangup::Holder::Group(id),
-            );
+            self.hangup
+                .attach(fd, g.conn.gen(), super::hangup::Holder::Group(id));
         }
         match mode {
             GroupMode::Stream(form) => {
@@ -292,9 +264,7 @@ impl Worker {
                     }
                 }
                 if subs.is_empty() {
-                    self.end_group(id, End::Finish);
-                    self.flush();
-                    return;
+                    return self.end_group(id, End::Finish);
                 }
             }
             GroupMode::Once { .. } => {
@@ -329,7 +299,6 @@ impl Worker {
         for (wid, path, query) in waiters {
             self.ask_owner(wid, path, query);
         }
-        self.flush();
     }
 
     /// Sends a waiter's query to the owner of its resource (or answers it here).
@@ -499,7 +468,7 @@ impl Worker {
             let mut groups = self.groups.borrow_mut();
             let Some(g) = groups.get_mut(gid) else { return };
             g.dirty.push(wid);
-            g.in_flight.is_none()
+            !g.writing
         };
         if idle {
             self.catch_up(gid);
@@ -517,136 +486,87 @@ impl Worker {
         born: Option<Instant>,
     ) -> bool {
         let budget = self.config().stream_buffer_bytes;
-        let mut groups = self.groups.borrow_mut();
-        let Some(g) = groups.get_mut(gid) else {
-            return true;
+        let spawn = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(g) = groups.get_mut(gid) else {
+                return true;
+            };
+            if g.ending {
+                return true;
+            }
+            let held = g.queued + g.in_flight;
+            if !force && held > 0 && held + frame.len() > budget {
+                return false;
+            }
+            frame.push(g.chunked, &mut g.queue);
+            g.born.extend(born);
+            let len = if g.chunked {
+                frame.len()
+            } else {
+                frame.raw_len()
+            };
+            g.queued += len;
+            g.active = true;
+            self.metrics()
+                .stream_buffered_bytes
+                .fetch_add(len as i64, Relaxed);
+            self.metrics().stream_parts.fetch_add(1, Relaxed);
+            !std::mem::replace(&mut g.writing, true)
         };
-        if g.ending {
-            return true;
+        if spawn {
+            tokio_uring::spawn(self.clone().stream_writer(gid));
         }
-        let held = g.queued + g.in_flight.as_ref().map_or(0, |f| f.bytes);
-        if !force && held > 0 && held + frame.len() > budget {
-            return false;
-        }
-        frame.push(g.chunked, &mut g.queue);
-        g.born.extend(born);
-        let len = if g.chunked {
-            frame.len()
-        } else {
-            frame.raw_len()
-        };
-        g.queued += len;
-        g.active = true;
-        let m = self.metrics();
-        m.stream_buffered_bytes.fetch_add(len as i64, Relaxed);
-        m.stream_parts.fetch_add(1, Relaxed);
-        self.mark_pending(gid, g);
         true
     }
 
-    /// Schedules a send for the end of the current unit of work (`Worker::flush`), so
-    /// every part queued meanwhile (a whole batch, several changes) goes in one send.
-    fn mark_pending(&self, gid: GroupId, g: &mut Group) {
-        if g.in_flight.is_none() && !g.pending {
-            g.pending = true;
-            self.pending_sends.borrow_mut().push(gid);
-        }
-    }
-
-    /// Submits a send for every group with queued parts and none in flight.
-    pub(super) fn submit_pending_sends(&self) {
-        let pending = std::mem::take(&mut *self.pending_sends.borrow_mut());
-        let mut groups = self.groups.borrow_mut();
-        for gid in pending {
-            if let Some(g) = groups.get_mut(gid) {
-                g.pending = false;
-                if g.in_flight.is_none() {
-                    self.submit_send(gid, g);
+    /// Writes a group's queue until it is empty, then exits.
+    async fn stream_writer(self: Rc<Self>, gid: GroupId) {
+        loop {
+            let (conn, pieces, n, ending, born) = {
+                let mut groups = self.groups.borrow_mut();
+                let Some(g) = groups.get_mut(gid) else { return };
+                if g.queue.is_empty() {
+                    g.writing = false;
+                    if g.ending {
+                        drop(groups);
+                        self.close_group(gid, End::Finish);
+                    }
+                    return;
                 }
-            }
-        }
-    }
-
-    /// Sends everything queued on a group that has no send in flight: one entry on the
-    /// worker's ring (submitted by the next `Ring::flush`).
-    fn submit_send(&self, gid: GroupId, g: &mut Group) {
-        if g.queue.is_empty() {
-            return;
-        }
-        let bytes = std::mem::take(&mut g.queued);
-        let flight = InFlight {
-            bufs: SendBufs::new(std::mem::take(&mut g.queue)),
-            born: std::mem::take(&mut g.born),
-            bytes,
-        };
-        self.push_send(gid, g.conn.stream.as_raw_fd(), &flight.bufs);
-        g.in_flight = Some(flight);
-        self.metrics().stream_writes.fetch_add(1, Relaxed);
-    }
-
-    fn push_send(&self, gid: GroupId, fd: std::os::fd::RawFd, bufs: &SendBufs) {
-        let entry = bufs.entry(fd).user_data(send_token(gid));
-        // SAFETY: the entry points into `bufs`, which the group keeps in `in_flight`
-        // until this send's completion (a group closed earlier hands them to
-        // `Worker::orphans` first); the descriptor belongs to the group's connection,
-        // which stays open until the ring is flushed (`close_group` flushes first).
-        unsafe { self.ring.push(&entry) };
-    }
-
-    /// A stream send completed with `result` (bytes sent, or `-errno`).
-    pub(super) fn send_completed(self: &Rc<Self>, user_data: u64, result: i32) {
-        if let Some((flight, _stream)) = self.orphans.borrow_mut().remove(&user_data) {
+                let n = std::mem::take(&mut g.queued);
+                g.in_flight = n;
+                (
+                    g.conn.clone(),
+                    std::mem::take(&mut g.queue),
+                    n,
+                    g.ending,
+                    std::mem::take(&mut g.born),
+                )
+            };
+            self.metrics().stream_writes.fetch_add(1, Relaxed);
+            let result = super::send::send_all(&conn.stream, pieces).await;
             self.metrics()
                 .stream_buffered_bytes
-                .fetch_sub(flight.bytes as i64, Relaxed);
-            return; // its group is gone; the buffers and the socket can go now
-        }
-        let gid = GroupId::from_send_token(user_data);
-        let mut groups = self.groups.borrow_mut();
-        let Some(g) = groups.get_mut(gid) else { return };
-        let Some(flight) = g.in_flight.take() else {
-            return;
-        };
-        let m = self.metrics();
-        let Ok(n) = usize::try_from(result) else {
-            m.stream_buffered_bytes
-                .fetch_sub(flight.bytes as i64, Relaxed);
-            drop(groups);
-            return self.end_group(gid, End::Abort);
-        };
-        if n == 0 {
-            m.stream_buffered_bytes
-                .fetch_sub(flight.bytes as i64, Relaxed);
-            drop(groups);
-            return self.end_group(gid, End::Abort);
-        }
-        m.bytes_written.fetch_add(n as u64, Relaxed);
-        let InFlight { bufs, born, bytes } = flight;
-        if let Some(rest) = bufs.advance(n) {
-            // A short send (the socket buffer filled up), or more pieces than one
-            // entry carries: send the rest.
-            self.push_send(gid, g.conn.stream.as_raw_fd(), &rest);
-            g.in_flight = Some(InFlight {
-                bufs: rest,
-                born,
-                bytes,
-            });
-            return;
-        }
-        m.stream_buffered_bytes.fetch_sub(bytes as i64, Relaxed);
-        for b in &born {
-            m.latency.observe(b.elapsed());
-        }
-        if !g.queue.is_empty() {
-            self.submit_send(gid, g);
-            return;
-        }
-        let (ending, below_half) = (g.ending, g.queued < self.config().stream_buffer_bytes / 2);
-        drop(groups);
-        if ending {
-            self.close_group(gid, End::Finish);
-        } else if below_half {
-            self.catch_up(gid);
+                .fetch_sub(n as i64, Relaxed);
+            let below_half = {
+                let mut groups = self.groups.borrow_mut();
+                let Some(g) = groups.get_mut(gid) else { return };
+                g.in_flight = 0;
+                g.queued < self.config().stream_buffer_bytes / 2
+            };
+            match result {
+                Ok(written) => {
+                    let m = self.metrics();
+                    m.bytes_written.fetch_add(written, Relaxed);
+                    for b in born {
+                        m.latency.observe(b.elapsed());
+                    }
+                }
+                Err(_) => return self.end_group(gid, End::Abort),
+            }
+            if below_half && !ending {
+                self.catch_up(gid);
+            }
         }
     }
 
@@ -680,38 +600,32 @@ impl Worker {
             self.watch.borrow_mut().remove(wid);
         }
         if how == End::Finish {
-            let mut groups = self.groups.borrow_mut();
-            let Some(g) = groups.get_mut(gid) else { return };
-            g.ending = true;
-            g.queue.push(Boundary::closing(g.chunked));
-            self.mark_pending(gid, g);
+            let spawn = {
+                let mut groups = self.groups.borrow_mut();
+                let Some(g) = groups.get_mut(gid) else { return };
+                g.ending = true;
+                g.queue.push(Boundary::closing(g.chunked));
+                !std::mem::replace(&mut g.writing, true)
+            };
+            if spawn {
+                tokio_uring::spawn(self.clone().stream_writer(gid));
+            }
             return;
         }
         self.close_group(gid, how);
     }
 
-    /// Removes a group and closes its connection. A send still in flight keeps its
-    /// buffers and the socket (in `Worker::orphans`) until its completion; shutting the
-    /// socket down makes a send stuck on a full buffer complete at once.
+    /// Removes a group and closes its connection (any write still in flight fails and
+    /// releases the last reference).
     fn close_group(self: &Rc<Self>, gid: GroupId, how: End) {
-        let Some(mut g) = self.groups.borrow_mut().remove(gid) else {
+        let Some(g) = self.groups.borrow_mut().remove(gid) else {
             return;
         };
-        self.flush();
-        if let Some(flight) = g.in_flight.take() {
-            self.orphans
-                .borrow_mut()
-                .insert(send_token(gid), (flight, g.conn.stream.clone()));
-        }
-        let unsent = g.queued as i64;
-        self.metrics()
-            .stream_buffered_bytes
-            .fetch_sub(unsent, Relaxed);
         for wid in &g.subs {
             self.watch.borrow_mut().remove(*wid);
         }
         if how != End::HungUp {
-            self.hangups.detach(g.conn.stream.as_raw_fd(), g.conn.gen());
+            self.hangup.detach(g.conn.stream.as_raw_fd(), g.conn.gen());
         }
         if let GroupMode::Stream(_) = g.mode {
             self.metrics().streams.fetch_sub(1, Relaxed);
@@ -724,7 +638,7 @@ impl Worker {
         let Some(g) = self.groups.borrow_mut().remove(gid) else {
             return;
         };
-        self.hangups.detach(g.conn.stream.as_raw_fd(), g.conn.gen());
+        self.hangup.detach(g.conn.stream.as_raw_fd(), g.conn.gen());
         for wid in &g.subs {
             self.watch.borrow_mut().remove(*wid);
         }
@@ -821,7 +735,7 @@ impl Worker {
                 };
                 let was_active = std::mem::replace(&mut g.active, false);
                 match g.mode {
-                    _ if was_active || g.in_flight.is_some() || g.ending => None,
+                    _ if was_active || g.writing || g.ending => None,
                     GroupMode::Stream(StreamForm::Digest) => Some(digest_heartbeat.clone()),
                     GroupMode::Stream(StreamForm::MixedReplace) => g.last_replacement.clone(),
                     GroupMode::Once { .. } => None,
@@ -834,6 +748,5 @@ impl Worker {
                 }
             }
         }
-        self.flush();
     }
 }

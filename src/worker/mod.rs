@@ -4,8 +4,7 @@
 //! Tasks on a worker (all on its one thread):
 //! - the accept loop, which spawns a connection task per client ([`conn`]);
 //! - the inbox loop, which handles messages from other workers ([`mailbox`]);
-//! - the ring loop, which handles completions of the worker's own ring ([`ring`]):
-//!   hang-ups of parked clients ([`hangup`]) and stream sends ([`group`]);
+//! - the hang-up loop, which frees parked clients that disconnected ([`hangup`]);
 //! - the deadline loop, which answers parked polls `304` at `--poll-timeout`.
 //!
 //! Invariants:
@@ -18,7 +17,6 @@ pub mod group;
 pub mod hangup;
 pub mod limits;
 pub mod mailbox;
-pub mod ring;
 pub mod route;
 pub mod send;
 pub mod watch;
@@ -43,9 +41,8 @@ use crate::store::{Answer, ChangeEvent, MemStore, Shaped, Store, WriteOp};
 use crate::time::Timestamp;
 use conn::Connection;
 use group::{End, GroupId, Groups};
-use hangup::Hangups;
+use hangup::HangupRing;
 use mailbox::{Inbox, Mailbox, Msg};
-use ring::{Ring, SEND_TAG};
 use watch::{Holder, ParkedConn, WaitQuery, WaitState, WaiterId, WatchTable};
 
 /// The most workers a server runs (the size of [`WorkerSet`]).
@@ -126,14 +123,7 @@ pub struct Worker {
     watch: RefCell<WatchTable>,
     /// Streams and `/subscribe` groups of this worker's connections.
     groups: RefCell<Groups>,
-    /// The worker's own io_uring: hang-up polls and stream sends.
-    ring: Ring,
-    hangups: Hangups,
-    /// Sends of groups closed while the send was in flight: their buffers and socket
-    /// live until the completion arrives.
-    orphans: RefCell<HashMap<u64, (group::InFlight, Rc<tokio_uring::net::TcpStream>)>>,
-    /// Groups with parts queued during the current unit of work, sent by `flush`.
-    pending_sends: RefCell<Vec<GroupId>>,
+    hangup: HangupRing,
     /// Poll deadlines in arrival order; every deadline is "park time + poll timeout",
     /// so the queue is sorted by construction and the front is the next to expire.
     deadlines: RefCell<VecDeque<(Instant, Expiry)>>,
@@ -158,13 +148,6 @@ impl Worker {
 
     pub fn config(&self) -> &Config {
         &self.shared.config
-    }
-
-    /// The end of a unit of work (a change's fan-out, an inbox drain, a completion
-    /// batch): one send per stream with queued parts, then one submission to the kernel.
-    pub(crate) fn flush(&self) {
-        self.submit_pending_sends();
-        self.ring.flush();
     }
 
     pub fn is_draining(&self) -> bool {
@@ -200,7 +183,7 @@ impl Worker {
             self.drain_group(gid);
         }
         self.wake_idle.notify_waiters();
-        self.flush();
+        self.hangup.flush();
     }
 
     /// The connection tail (`Date`, persistence, blank line) for a response sent now.
@@ -275,7 +258,6 @@ impl Worker {
                 self.send(w, Msg::ChangedMany(events));
             }
         }
-        self.flush();
     }
 
     /// Sends a change to every worker watching its resource (itself included, directly).
@@ -289,7 +271,6 @@ impl Worker {
                 self.send(w, Msg::Changed(event.clone()));
             }
         }
-        self.flush();
     }
 
     pub fn get(
@@ -391,8 +372,7 @@ impl Worker {
             .watch
             .borrow_mut()
             .insert(path, state, query, Holder::Poll(parked));
-        self.hangups
-            .attach(&self.ring, fd, gen, hangup::Holder::Waiter(id));
+        self.hangup.attach(fd, gen, hangup::Holder::Waiter(id));
         if let Some(timeout) = self.config().poll_timeout {
             self.add_deadline(timeout, Expiry::Waiter(id));
         }
@@ -420,7 +400,7 @@ impl Worker {
         self.metrics().parked.fetch_sub(1, Relaxed);
         match w.holder {
             Holder::Poll(parked) => {
-                self.hangups
+                self.hangup
                     .detach(parked.conn.stream.as_raw_fd(), parked.conn.gen());
                 Some(parked)
             }
@@ -523,8 +503,7 @@ impl Worker {
                 },
             }
         }
-        // No flush here: the caller flushes at the end of its unit of work, so several
-        // changes (a batch, an inbox drain) reach a stream in one send.
+        self.hangup.flush();
     }
 
     /// Asks the owner for the full answer of a waiter that one change does not
@@ -619,37 +598,30 @@ impl Worker {
             while let Ok(msg) = inbox.rx.try_recv() {
                 self.handle_msg(msg);
             }
-            self.flush();
+            self.hangup.flush();
         }
     }
 
-    async fn ring_loop(self: Rc<Self>) {
+    async fn hangup_loop(self: Rc<Self>) {
         let mut batch = Vec::new();
         loop {
-            if let Err(e) = self.ring.next_batch(&mut batch).await {
-                tracing::error!(error = %e, "worker ring failed; hang-ups and stream sends are no longer handled");
+            if let Err(e) = self.hangup.next_batch(&mut batch).await {
+                tracing::error!(error = %e, "hang-up ring failed; parked clients that leave are no longer noticed");
                 return;
             }
-            for c in batch.drain(..) {
-                if c.user_data & SEND_TAG != 0 {
-                    self.send_completed(c.user_data, c.result);
-                    continue;
-                }
-                // Dropping the waiter (or ending the group) closes its connection.
-                let freed = match self.hangups.completed(c.user_data, c.result) {
-                    Some(hangup::Holder::Waiter(id)) => self.unpark(id).is_some(),
-                    Some(hangup::Holder::Group(gid)) => {
+            // Dropping the waiter (or ending the group) closes its connection.
+            for holder in batch.drain(..) {
+                let freed = match holder {
+                    hangup::Holder::Waiter(id) => self.unpark(id).is_some(),
+                    hangup::Holder::Group(gid) => {
                         self.end_group(gid, End::HungUp);
                         true
                     }
-                    None => false,
                 };
                 if freed {
                     self.metrics().hangups.fetch_add(1, Relaxed);
                 }
             }
-            // Follow-up sends (the rest of short sends, queued parts, catch-ups).
-            self.flush();
         }
     }
 
@@ -677,7 +649,7 @@ impl Worker {
                 }
                 Expiry::Group(gid) => self.expire_group(gid),
             }
-            self.flush();
+            self.hangup.flush();
         }
     }
 
@@ -803,10 +775,7 @@ pub fn run(
             interest: RefCell::new(HashMap::new()),
             watch: RefCell::new(WatchTable::default()),
             groups: RefCell::new(Groups::default()),
-            ring: Ring::new()?,
-            hangups: Hangups::default(),
-            orphans: RefCell::new(HashMap::new()),
-            pending_sends: RefCell::new(Vec::new()),
+            hangup: HangupRing::new()?,
             deadlines: RefCell::new(VecDeque::new()),
             deadline_added: Notify::new(),
             tails: RefCell::new(Tails::new(Timestamp::now())),
@@ -818,7 +787,7 @@ pub fn run(
             shared,
         });
         tokio_uring::spawn(worker.clone().inbox_loop(inbox));
-        tokio_uring::spawn(worker.clone().ring_loop());
+        tokio_uring::spawn(worker.clone().hangup_loop());
         tokio_uring::spawn(worker.clone().deadline_loop());
         tokio_uring::spawn(worker.clone().housekeeping_loop());
         if let Some(every) = worker.config().heartbeat {

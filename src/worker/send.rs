@@ -2,109 +2,101 @@
 //! TCP; its `writev` goes through the read/write file path, which measured ~4% more
 //! server CPU per stream delivery, and allocates an iovec array per call).
 //!
-//! Submitted with tokio-uring's escape hatch (`UnsubmittedOneshot`), on the runtime's own
-//! ring and in the same submission batch as everything else. The operation owns its
-//! buffers (shared `Bytes`, never copied), its iovecs and message header, and a reference
-//! to the connection, so even if the future is dropped the kernel never sees freed
-//! memory or a descriptor that was closed and reused before the operation was issued.
+//! [`SendBufs`] lays a send out for the kernel: the shared `Bytes` pieces (never
+//! copied), their iovecs and the message header. [`send_all`] submits it on
+//! tokio-uring's ring through its escape hatch (`UnsubmittedOneshot`): the operation
+//! owns the buffers and an `Rc` of the socket, so even if the future is dropped the
+//! kernel never sees freed memory or a descriptor that was closed and reused before the
+//! operation was issued.
+//!
+//! (Stream sends were also tried on the worker's own ring, completions handled without
+//! a task each: the same CPU per delivery and 12% fewer deliveries/s, so reverted; see
+//! docs/benchmarks.md.)
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
 use bytes::{Buf, Bytes};
-use io_uring::{cqueue, opcode, types};
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
-
+use io_uring::{cqueue, opcode, squeue, types};
 use tokio_uring::net::TcpStream;
+use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 /// Most iovecs handed to one `sendmsg` (the kernel's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
 
-/// What an in-flight send keeps alive.
-struct SendData {
-    _stream: Rc<TcpStream>,
+/// One send's buffers, laid out for the kernel. Moving a `SendBufs` does not move what
+/// an entry built from it points to (all of it is on the heap).
+pub struct SendBufs {
     pieces: Vec<Bytes>,
-    /// For `SENDMSG`: the iovecs and the header pointing at them (boxed: stable address).
-    _iovecs: Vec<libc::iovec>,
-    _msg: Option<Box<libc::msghdr>>,
+    /// Pieces beyond `IOV_MAX`, sent by a later entry.
+    rest: Vec<Bytes>,
+    iovecs: Vec<libc::iovec>,
+    msg: Option<Box<libc::msghdr>>,
 }
 
-struct SendDone;
-
-impl OneshotOutputTransform for SendDone {
-    type Output = (io::Result<usize>, Vec<Bytes>);
-    type StoredData = SendData;
-
-    fn transform_oneshot_output(self, data: SendData, cqe: cqueue::Entry) -> Self::Output {
-        let res = cqe.result();
-        let out = if res >= 0 {
-            Ok(res as usize)
-        } else {
-            Err(io::Error::from_raw_os_error(-res))
-        };
-        (out, data.pieces)
-    }
-}
-
-/// One send of up to `IOV_MAX` pieces; returns how much the kernel took.
-async fn send_once(stream: &Rc<TcpStream>, pieces: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
-    let fd = types::Fd(stream.as_raw_fd());
-    let flags = libc::MSG_NOSIGNAL;
-    if let [one] = pieces.as_slice() {
-        let (ptr, len) = (one.as_ptr(), one.len() as u32);
-        let sqe = opcode::Send::new(fd, ptr, len).flags(flags).build();
-        let data = SendData {
-            _stream: stream.clone(),
-            pieces,
-            _iovecs: Vec::new(),
-            _msg: None,
-        };
-        // The entry points into `data.pieces[0]`, which the operation owns until the
-        // kernel completes it.
-        return UnsubmittedOneshot::new(data, SendDone, sqe).submit().await;
-    }
-    let mut iovecs: Vec<libc::iovec> = pieces
-        .iter()
-        .map(|p| libc::iovec {
-            iov_base: p.as_ptr() as *mut libc::c_void,
-            iov_len: p.len(),
-        })
-        .collect();
-    // SAFETY: an all-zero msghdr is a valid empty header (no name, no control data).
-    let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-    msg.msg_iov = iovecs.as_mut_ptr();
-    msg.msg_iovlen = iovecs.len() as _;
-    let sqe = opcode::SendMsg::new(fd, &*msg as *const libc::msghdr)
-        .flags(flags as u32)
-        .build();
-    // The header and iovecs live on the heap (their addresses do not move when they are
-    // moved into `data`), and point at buffers `data` owns, until the kernel is done.
-    let data = SendData {
-        _stream: stream.clone(),
-        pieces,
-        _iovecs: iovecs,
-        _msg: Some(msg),
-    };
-    UnsubmittedOneshot::new(data, SendDone, sqe).submit().await
-}
-
-/// Sends every piece, handling short sends and the iovec limit.
-pub async fn send_all(stream: &Rc<TcpStream>, mut pieces: Vec<Bytes>) -> io::Result<u64> {
-    let mut total = 0u64;
-    while !pieces.is_empty() {
+impl SendBufs {
+    pub fn new(mut pieces: Vec<Bytes>) -> SendBufs {
         let rest = if pieces.len() > IOV_MAX {
             pieces.split_off(IOV_MAX)
         } else {
             Vec::new()
         };
-        let (res, mut batch) = send_once(stream, pieces).await;
-        let mut n = res?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        let mut bufs = SendBufs {
+            pieces,
+            rest,
+            iovecs: Vec::new(),
+            msg: None,
+        };
+        if bufs.pieces.len() > 1 {
+            bufs.iovecs = bufs
+                .pieces
+                .iter()
+                .map(|p| libc::iovec {
+                    iov_base: p.as_ptr() as *mut libc::c_void,
+                    iov_len: p.len(),
+                })
+                .collect();
+            // SAFETY: an all-zero msghdr is a valid empty header (no name, no control data).
+            let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+            msg.msg_iov = bufs.iovecs.as_mut_ptr();
+            msg.msg_iovlen = bufs.iovecs.len() as _;
+            bufs.msg = Some(msg);
         }
-        total += n as u64;
-        let done = batch
+        bufs
+    }
+
+    /// Bytes this entry sends (not counting `rest`).
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty() && self.rest.is_empty()
+    }
+
+    /// The entry sending these buffers on `fd`. It points into `self`: keep `self`
+    /// alive (it may move) until the entry's completion.
+    fn entry(&self, fd: RawFd) -> squeue::Entry {
+        let fd = types::Fd(fd);
+        let flags = libc::MSG_NOSIGNAL;
+        match (&self.msg, self.pieces.as_slice()) {
+            (Some(msg), _) => opcode::SendMsg::new(fd, &**msg as *const libc::msghdr)
+                .flags(flags as u32)
+                .build(),
+            (None, [one]) => opcode::Send::new(fd, one.as_ptr(), one.len() as u32)
+                .flags(flags)
+                .build(),
+            (None, _) => opcode::Send::new(fd, std::ptr::null(), 0)
+                .flags(flags)
+                .build(),
+        }
+    }
+
+    /// After the kernel took `n` bytes: what is left to send, if anything.
+    fn advance(self, mut n: usize) -> Option<SendBufs> {
+        let mut pieces = self.pieces;
+        let done = pieces
             .iter()
             .take_while(|p| {
                 if n >= p.len() {
@@ -115,12 +107,98 @@ pub async fn send_all(stream: &Rc<TcpStream>, mut pieces: Vec<Bytes>) -> io::Res
                 }
             })
             .count();
-        batch.drain(..done);
-        if let Some(first) = batch.first_mut() {
+        pieces.drain(..done);
+        if let Some(first) = pieces.first_mut() {
             first.advance(n);
         }
-        batch.extend(rest);
-        pieces = batch;
+        pieces.extend(self.rest);
+        (!pieces.is_empty()).then(|| SendBufs::new(pieces))
+    }
+}
+
+/// What an in-flight send on tokio-uring's ring keeps alive.
+struct OneshotSend {
+    _stream: Rc<TcpStream>,
+    bufs: SendBufs,
+}
+
+struct SendDone;
+
+impl OneshotOutputTransform for SendDone {
+    type Output = (io::Result<usize>, SendBufs);
+    type StoredData = OneshotSend;
+
+    fn transform_oneshot_output(self, data: OneshotSend, cqe: cqueue::Entry) -> Self::Output {
+        let res = cqe.result();
+        let out = if res >= 0 {
+            Ok(res as usize)
+        } else {
+            Err(io::Error::from_raw_os_error(-res))
+        };
+        (out, data.bufs)
+    }
+}
+
+/// Sends every piece on a connection task's behalf, handling short sends.
+pub async fn send_all(stream: &Rc<TcpStream>, pieces: Vec<Bytes>) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut next = Some(SendBufs::new(pieces));
+    while let Some(bufs) = next.take().filter(|b| !b.is_empty()) {
+        let entry = bufs.entry(stream.as_raw_fd());
+        // The entry points into `bufs`, which the operation owns (with the socket) until
+        // the kernel completes it, even if this future is dropped.
+        let data = OneshotSend {
+            _stream: stream.clone(),
+            bufs,
+        };
+        let (res, bufs) = UnsubmittedOneshot::new(data, SendDone, entry)
+            .submit()
+            .await;
+        let n = res?;
+        if n == 0 && !bufs.is_empty() {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        total += n as u64;
+        next = bufs.advance(n);
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(v: &[&'static str]) -> Vec<Bytes> {
+        v.iter().map(|s| Bytes::from_static(s.as_bytes())).collect()
+    }
+
+    fn flat(b: &SendBufs) -> Vec<u8> {
+        b.pieces
+            .iter()
+            .chain(&b.rest)
+            .flat_map(|p| p.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn advancing_past_short_sends() {
+        let b = SendBufs::new(pieces(&["abc", "de", "fgh"]));
+        assert_eq!(b.len(), 8);
+        assert!(b.msg.is_some(), "several pieces: SENDMSG");
+        let b = b.advance(4).unwrap();
+        assert_eq!(flat(&b), b"efgh");
+        let b = b.advance(1).unwrap();
+        assert_eq!(flat(&b), b"fgh");
+        assert!(b.msg.is_none(), "one piece left: SEND");
+        assert!(b.advance(3).is_none());
+    }
+
+    #[test]
+    fn more_pieces_than_iov_max_go_in_several_entries() {
+        let many: Vec<Bytes> = (0..IOV_MAX + 5).map(|_| Bytes::from_static(b"x")).collect();
+        let b = SendBufs::new(many);
+        assert_eq!(b.len(), IOV_MAX);
+        let b = b.advance(IOV_MAX).unwrap();
+        assert_eq!(b.len(), 5);
+    }
 }

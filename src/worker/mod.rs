@@ -657,18 +657,31 @@ impl Worker {
     /// used back to the operating system (the allocator otherwise keeps freed pages until
     /// this thread allocates again, which an idle worker full of parked polls never does).
     async fn housekeeping_loop(self: Rc<Self>) {
-        let mut ticks = tokio::time::interval(Duration::from_millis(250));
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen = 0;
+        let mut burst = false;
         loop {
             ticks.tick().await;
             let accepted = self.metrics().connections_accepted.load(Relaxed);
-            if accepted != seen {
-                seen = accepted;
-                // SAFETY: `mi_collect` only walks and releases this thread's own
-                // mimalloc heap (the global allocator); it takes no pointers from us.
-                unsafe { libmimalloc_sys::mi_collect(false) };
-            }
+            // During a burst, a light collection; once it has gone quiet, one forced
+            // collection (pages freed at the very end of the burst are not purged by a
+            // light one yet, and an idle worker would keep them until the next burst).
+            let force = match (accepted != seen, burst) {
+                (true, _) => {
+                    seen = accepted;
+                    burst = true;
+                    false
+                }
+                (false, true) => {
+                    burst = false;
+                    true
+                }
+                (false, false) => continue,
+            };
+            // SAFETY: `mi_collect` only walks and releases this thread's own mimalloc
+            // heap (the global allocator); it takes no pointers from us.
+            unsafe { libmimalloc_sys::mi_collect(force) };
         }
     }
 

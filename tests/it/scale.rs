@@ -136,15 +136,27 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
         "accept failed {during} times in 500 ms: spinning"
     );
 
-    // Free descriptors: every waiting client is eventually accepted and answered, in
-    // arrival order (each one we finish frees a descriptor for the backlog).
+    // Free descriptors: every waiting client is eventually accepted and answered. Each
+    // reads on its own (as real clients do) and closes when answered, freeing a
+    // descriptor for the backlog; reading them in a fixed order could wait on a client
+    // queued at one worker while the descriptors sit with answered clients of the other.
     drop(keeper);
-    let mut answered = 0;
-    for mut c in waiting {
-        let r = c.read_response();
-        assert_eq!((r.status, r.text().as_str()), (200, "v0"));
-        answered += 1;
-        drop(c); // frees a descriptor for the next one in the backlog
-    }
-    assert_eq!(answered, 80);
+    let readers: Vec<_> = waiting
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let r = c.read_response();
+                (r.status, r.text())
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, String)> = readers
+        .into_iter()
+        .map(|t| t.join().expect("reader"))
+        .collect();
+    assert_eq!(answers.len(), 80);
+    assert!(
+        answers.iter().all(|(s, t)| *s == 200 && t == "v0"),
+        "{answers:?}"
+    );
 }

@@ -92,6 +92,7 @@ fn frames(c: &mut Criterion) {
                     Some(&RangeSpec::BytesFrom(ev.body.len() - 100)),
                     &boundary,
                 )
+                .map(|frame| frame.len())
             },
             BatchSize::SmallInput,
         )

@@ -3,6 +3,7 @@
 //! shapes are encoded lazily, once, by whichever worker needs them first, and then
 //! shared with every other watcher of every worker (the body segments always are).
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -104,8 +105,8 @@ enum Pick {
 
 /// What a `multipart/x-mixed-replace` stream does with a change.
 #[derive(Debug)]
-pub enum Replacement {
-    Part(Frame),
+pub enum Replacement<'a> {
+    Part(&'a Frame),
     /// The resource was deleted: the stream ends.
     End,
 }
@@ -277,7 +278,7 @@ impl ChangeEvent {
         since: Timestamp,
         range: Option<&RangeSpec>,
         boundary: &Boundary,
-    ) -> Option<Frame> {
+    ) -> Option<Cow<'_, Frame>> {
         let pick = self.pick(since, range)?;
         let encode = || {
             let mut reply = self.reply_for(pick);
@@ -295,24 +296,20 @@ impl ChangeEvent {
                     &h.digest_fragment,
                 ],
             ) {
-                Some(slot) => slot.get_or_init(counted(encode)).clone(),
-                None => encode(),
+                // Lent, not cloned: a subscriber copies the pieces it queues.
+                Some(slot) => Cow::Borrowed(slot.get_or_init(counted(encode))),
+                None => Cow::Owned(encode()),
             },
         )
     }
 
     /// The `multipart/x-mixed-replace` step for this change: the new full state, or the end.
-    pub fn replacement(&self, boundary: &Boundary) -> Replacement {
+    pub fn replacement(&self, boundary: &Boundary) -> Replacement<'_> {
         match self.kind {
             EventKind::Delete => Replacement::End,
-            _ => Replacement::Part(
-                self.heads
-                    .replacement
-                    .get_or_init(counted(|| {
-                        Frame::replacement(&self.content_type, self.ts, &self.body, boundary)
-                    }))
-                    .clone(),
-            ),
+            _ => Replacement::Part(self.heads.replacement.get_or_init(counted(|| {
+                Frame::replacement(&self.content_type, self.ts, &self.body, boundary)
+            }))),
         }
     }
 

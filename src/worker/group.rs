@@ -18,6 +18,7 @@
 //! consecutive appends, `410` for a delete. A fast reader never waits for a slow one:
 //! every stream has its own queue and writer, and frames are shared `Bytes`.
 
+use std::borrow::Cow;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -437,7 +438,7 @@ impl Worker {
         let frame = match form {
             StreamForm::Digest => event.digest_frame(since, range.as_ref(), self.boundary()),
             StreamForm::MixedReplace => match event.replacement(self.boundary()) {
-                Replacement::Part(frame) => Some(frame),
+                Replacement::Part(frame) => Some(Cow::Borrowed(frame)),
                 Replacement::End => return self.end_group(gid, End::Finish),
             },
         };
@@ -448,7 +449,7 @@ impl Worker {
         if queued {
             if form == StreamForm::MixedReplace {
                 if let Some(g) = self.groups.borrow_mut().get_mut(gid) {
-                    g.last_replacement = frame;
+                    g.last_replacement = frame.map(Cow::into_owned);
                 }
             }
             if let Some(w) = self.watch.borrow_mut().get_mut(wid) {

@@ -346,16 +346,7 @@ impl Worker {
             }
         } else {
             let id = self.park(path.clone(), WaitState::Pending, query, parked);
-            self.send(
-                owner,
-                Msg::Poll {
-                    path,
-                    query,
-                    from: self.id,
-                    id,
-                    stay: false,
-                },
-            );
+            self.ask_owner(id, path, query);
             None
         }
     }

@@ -206,28 +206,33 @@ impl Worker {
         self.read(path, range, ims)
     }
 
+    /// The parts of a `/subscribe` or `/batch` body (a multipart/digest with a boundary),
+    /// at most `--max-subrequests` of them; or the reply refusing the body.
+    fn sub_requests<'b>(&self, head: &Head, body: &'b Bytes) -> Result<Vec<&'b [u8]>, Box<Reply>> {
+        let Some(content_type) = head.header("content-type") else {
+            return Err(Box::new(Reply::text(
+                415,
+                format_args!(
+                    "POST {} needs Content-Type: multipart/digest; boundary=...",
+                    head.path()
+                ),
+            )));
+        };
+        let limits = PartLimits {
+            max_parts: self.config().max_subrequests,
+        };
+        multipart::boundary(content_type)
+            .and_then(|b| multipart::split_parts(body, b, limits))
+            .map_err(|e| Box::new(Reply::text(e.status(), e)))
+    }
+
     /// `POST /batch`: a multipart/digest body of PUT/POST/DELETE sub-requests, applied
     /// in order per resource (each owner applies its share in one go), answered with one
     /// multipart/digest of their answers (PROTOCOL.md §6).
     fn route_batch(self: &Rc<Self>, head: &Head, body: &Bytes) -> Step {
-        let Some(content_type) = head.header("content-type") else {
-            return Step::Reply(Reply::text(
-                415,
-                "POST /batch needs Content-Type: multipart/digest; boundary=...",
-            ));
-        };
-        let parts = multipart::boundary(content_type).and_then(|b| {
-            multipart::split_parts(
-                body,
-                b,
-                PartLimits {
-                    max_parts: self.config().max_subrequests,
-                },
-            )
-        });
-        let parts = match parts {
+        let parts = match self.sub_requests(head, body) {
             Ok(parts) => parts,
-            Err(e) => return Step::Reply(Reply::text(e.status(), e)),
+            Err(reply) => return Step::Reply(*reply),
         };
         let workers = self.shared.mailboxes.len();
         let mut replies: Vec<Option<Reply>> = Vec::with_capacity(parts.len());
@@ -306,24 +311,9 @@ impl Worker {
                 multipart: negotiation.digest_acceptable,
             },
         };
-        let Some(content_type) = head.header("content-type") else {
-            return Step::Reply(Reply::text(
-                415,
-                "POST /subscribe needs Content-Type: multipart/digest; boundary=...",
-            ));
-        };
-        let parts = multipart::boundary(content_type).and_then(|b| {
-            multipart::split_parts(
-                body,
-                b,
-                PartLimits {
-                    max_parts: self.config().max_subrequests,
-                },
-            )
-        });
-        let parts = match parts {
+        let parts = match self.sub_requests(head, body) {
             Ok(parts) => parts,
-            Err(e) => return Step::Reply(Reply::text(e.status(), e)),
+            Err(reply) => return Step::Reply(*reply),
         };
         let mut subs = Vec::with_capacity(parts.len());
         let mut errors = Vec::new();

@@ -6,8 +6,8 @@ use crate::clock::mono_ns;
 use crate::fleet::{latency_rows, Ctl, Driver, OpenGuard, Shared, Snap, WorkerCtx, WorkerFn};
 use crate::http::{parse_bytes_range, write_request, ChunkedDecoder, Conn, Head};
 use crate::multipart::{is_http_part, parse_embedded, split_part, Event, MultipartParser};
-use crate::net::{parse_sources, Dialer};
-use crate::publisher::{run_publisher, PubShared, PubSpec};
+use crate::net::{worker_dialer, Dialer};
+use crate::publisher::{spawn_publisher, stop_publishers, PubShared, PubSpec};
 use crate::stats::{fmt_us, Kind, Percentiles};
 use crate::target::{create_resources, random_prefix, Paths};
 use crate::verify::{process_body, BodyKind, Tracker};
@@ -607,12 +607,7 @@ fn resources_of(args: &FanoutArgs, g: usize) -> Vec<u64> {
 
 async fn worker(mut w: WorkerCtx, args: Rc<FanoutArgs>, prefix: String) -> Result<()> {
     let c = &args.common;
-    let sources = match &c.source {
-        Some(s) => parse_sources(s)?,
-        None => Vec::new(),
-    };
-    let dialer = Rc::new(Dialer::new(c.addr, sources, c.connect_concurrency));
-    dialer.offset(w.index);
+    let dialer = worker_dialer(c, w.index)?;
     let paths = Paths::new(c.target, &prefix, c.addr);
     let fx = Rc::new(Fx {
         args: args.clone(),
@@ -669,25 +664,11 @@ async fn worker(mut w: WorkerCtx, args: Rc<FanoutArgs>, prefix: String) -> Resul
                             rate: args.rate / effective_pubs as f64,
                             resources: (p..args.resources).step_by(effective_pubs).map(|k| k as u64).collect(),
                         };
-                        let ps = ps.clone();
-                        let rx = stop_rx.clone();
-                        pubs.spawn_local(async move {
-                            if let Err(e) = run_publisher(ps.clone(), spec, rx).await {
-                                ps.note_error(&format!("{e:#}"));
-                            }
-                        });
+                        spawn_publisher(&mut pubs, &ps, spec, stop_rx.clone());
                     }
                 }
                 Ctl::Stop => {
-                    let _ = stop_tx.send(true);
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    while !pubs.is_empty() {
-                        match tokio::time::timeout_at(deadline.into(), pubs.join_next()).await {
-                            Ok(Some(_)) => {}
-                            Ok(None) | Err(_) => break,
-                        }
-                    }
-                    pubs.abort_all();
+                    stop_publishers(&mut pubs, &stop_tx).await;
                     w.send(Kind::Stopped, ps.seq.borrow().clone());
                 }
                 Ctl::Drain { published } => {

@@ -118,6 +118,18 @@ impl Dialer {
     }
 }
 
+/// The dialer of worker process `index`: the common flags' address, source addresses
+/// (`--source`) and connect concurrency, offset so processes start on different sources.
+pub fn worker_dialer(c: &crate::cli::Common, index: usize) -> anyhow::Result<std::rc::Rc<Dialer>> {
+    let sources = match &c.source {
+        Some(s) => parse_sources(s)?,
+        None => Vec::new(),
+    };
+    let dialer = std::rc::Rc::new(Dialer::new(c.addr, sources, c.connect_concurrency));
+    dialer.offset(index);
+    Ok(dialer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use crate::cli::{ParkArgs, Target};
 use crate::fleet::{Ctl, Driver, OpenGuard, Snap, WorkerCtx, WorkerFn};
 use crate::http::{write_request, Conn};
-use crate::net::{parse_sources, Dialer};
+use crate::net::{worker_dialer, Dialer};
 use crate::stats::Kind;
 use crate::target::{create_resources, random_prefix, Paths};
 use crate::{metrics, output, procfs};
@@ -123,12 +123,7 @@ async fn stamps(
 
 async fn worker(mut w: WorkerCtx, args: Rc<ParkArgs>, prefix: String) -> Result<()> {
     let c = &args.common;
-    let sources = match &c.source {
-        Some(s) => parse_sources(s)?,
-        None => Vec::new(),
-    };
-    let dialer = Rc::new(Dialer::new(c.addr, sources, c.connect_concurrency));
-    dialer.offset(w.index);
+    let dialer = worker_dialer(c, w.index)?;
     let paths = Paths::new(c.target, &prefix, c.addr);
     let mine: Vec<usize> = (w.index..args.conns).step_by(w.count).collect();
     let mut ks: Vec<u64> = mine.iter().map(|g| (g % args.resources) as u64).collect();

@@ -2,26 +2,21 @@
 
 use crate::cli::{Method, PublishArgs, Target};
 use crate::fleet::{latency_rows, Ctl, Driver, Snap, WorkerCtx, WorkerFn};
-use crate::net::{parse_sources, Dialer};
+use crate::net::worker_dialer;
 use crate::output;
-use crate::publisher::{run_publisher, PubShared, PubSpec};
+use crate::publisher::{spawn_publisher, stop_publishers, PubShared, PubSpec};
 use crate::stats::{Kind, Percentiles};
 use crate::target::{random_prefix, Paths};
 use anyhow::{bail, Result};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 async fn worker(mut w: WorkerCtx, args: Rc<PublishArgs>, prefix: String) -> Result<()> {
     let c = &args.common;
-    let sources = match &c.source {
-        Some(s) => parse_sources(s)?,
-        None => Vec::new(),
-    };
-    let dialer = Rc::new(Dialer::new(c.addr, sources, c.connect_concurrency));
-    dialer.offset(w.index);
+    let dialer = worker_dialer(c, w.index)?;
     let ps = Rc::new(PubShared {
         shared: w.shared.clone(),
         dialer,
@@ -54,25 +49,11 @@ async fn worker(mut w: WorkerCtx, args: Rc<PublishArgs>, prefix: String) -> Resu
                         rate: 0.0,
                         resources,
                     };
-                    let ps = ps.clone();
-                    let rx = stop_rx.clone();
-                    pubs.spawn_local(async move {
-                        if let Err(e) = run_publisher(ps.clone(), spec, rx).await {
-                            ps.note_error(&format!("{e:#}"));
-                        }
-                    });
+                    spawn_publisher(&mut pubs, &ps, spec, stop_rx.clone());
                 }
             }
             Ctl::Stop => {
-                let _ = stop_tx.send(true);
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !pubs.is_empty() {
-                    match tokio::time::timeout_at(deadline.into(), pubs.join_next()).await {
-                        Ok(Some(_)) => {}
-                        _ => break,
-                    }
-                }
-                pubs.abort_all();
+                stop_publishers(&mut pubs, &stop_tx).await;
                 w.send(Kind::Stopped, Vec::new());
             }
             Ctl::Drain { .. } => {

@@ -307,3 +307,31 @@ pub async fn run_publisher(
         }
     }
 }
+
+/// Starts a publisher connection on `pubs`; its error, if any, is noted in the stats.
+pub fn spawn_publisher(
+    pubs: &mut tokio::task::JoinSet<()>,
+    ps: &Rc<PubShared>,
+    spec: PubSpec,
+    stop: watch::Receiver<bool>,
+) {
+    let ps = ps.clone();
+    pubs.spawn_local(async move {
+        if let Err(e) = run_publisher(ps.clone(), spec, stop).await {
+            ps.note_error(&format!("{e:#}"));
+        }
+    });
+}
+
+/// Tells every publisher to stop and waits (at most 10 s) for their answers.
+pub async fn stop_publishers(pubs: &mut tokio::task::JoinSet<()>, stop: &watch::Sender<bool>) {
+    let _ = stop.send(true);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !pubs.is_empty() {
+        match tokio::time::timeout_at(deadline.into(), pubs.join_next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    pubs.abort_all();
+}

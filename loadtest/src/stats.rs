@@ -97,10 +97,11 @@ pub struct Counters {
     pub bytes_in: u64,
 }
 
-impl Counters {
-    pub fn add(&mut self, o: &Counters) {
-        macro_rules! sum { ($($f:ident),*) => { $( self.$f += o.$f; )* } }
-        sum!(
+/// Applies macro `$m` to the list of every summable counter (one list, used by
+/// `add` and `delta`).
+macro_rules! counter_fields {
+    ($m:ident) => {
+        $m!(
             conns,
             conn_failures,
             disconnects,
@@ -124,38 +125,21 @@ impl Counters {
             heartbeats,
             late_sends,
             bytes_in
-        );
+        )
+    };
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        macro_rules! sum { ($($f:ident),*) => { $( self.$f += o.$f; )* } }
+        counter_fields!(sum);
     }
 
     /// `self - prev`, field by field (for per-second rates).
     pub fn delta(&self, prev: &Counters) -> Counters {
         let mut d = self.clone();
         macro_rules! sub { ($($f:ident),*) => { $( d.$f = self.$f.saturating_sub(prev.$f); )* } }
-        sub!(
-            conns,
-            conn_failures,
-            disconnects,
-            ready,
-            requests,
-            responses,
-            status_errors,
-            changes,
-            deliveries,
-            parts,
-            merged_parts,
-            lost,
-            duplicates,
-            out_of_order,
-            resyncs,
-            missing,
-            malformed,
-            foreign,
-            protocol_errors,
-            poll_timeouts,
-            heartbeats,
-            late_sends,
-            bytes_in
-        );
+        counter_fields!(sub);
         d
     }
 

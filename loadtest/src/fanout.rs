@@ -7,6 +7,7 @@ use crate::fleet::{latency_rows, Ctl, Driver, OpenGuard, Shared, Snap, WorkerCtx
 use crate::http::{parse_bytes_range, write_request, ChunkedDecoder, Conn, Head};
 use crate::multipart::{is_http_part, parse_embedded, split_part, Event, MultipartParser};
 use crate::net::{worker_dialer, Dialer};
+use crate::output::ErrorLog;
 use crate::publisher::{spawn_publisher, stop_publishers, PubShared, PubSpec};
 use crate::stats::{fmt_us, Kind, Percentiles};
 use crate::target::{create_resources, random_prefix, Paths};
@@ -50,20 +51,10 @@ struct Fx {
     settled: Cell<usize>,
     /// Subscribers caught up with the published counts, or given up.
     done: Cell<usize>,
-    errors_printed: Cell<u32>,
+    errors: ErrorLog,
 }
 
 impl Fx {
-    fn note_error(&self, what: &str) {
-        let n = self.errors_printed.get();
-        if n < 5 {
-            eprintln!("halley-load: {what}");
-        } else if n == 5 {
-            eprintln!("halley-load: (further subscriber errors only counted)");
-        }
-        self.errors_printed.set(n + 1);
-    }
-
     fn mark_ready(&self, j: usize) {
         let mut subs = self.subs.borrow_mut();
         if !subs[j].ready {
@@ -201,7 +192,7 @@ impl Fx {
                     Some((a, b, total)) => {
                         if a != p.len || b + 1 - a != content.len() as u64 {
                             self.shared.c.borrow_mut().protocol_errors += 1;
-                            self.note_error(&format!(
+                            self.errors.note(&format!(
                                 "206 Content-Range {:?} does not continue at {} with {} bytes",
                                 h.content_range,
                                 p.len,
@@ -246,7 +237,7 @@ async fn subscriber(fx: Rc<Fx>, j: usize, res: Vec<u64>) {
         let Err(e) = r else {
             return;
         };
-        fx.note_error(&format!("subscriber {j}: {e:#}"));
+        fx.errors.note(&format!("subscriber {j}: {e:#}"));
         failures += 1;
         if failures > fx.args.max_reconnects {
             fx.mark_dead(j);
@@ -408,7 +399,7 @@ async fn halley_longpoll(fx: &Fx, j: usize, res: &[u64], pos: &mut [Pos]) -> Res
             let now = mono_ns();
             fx.shared.c.borrow_mut().parts += 1;
             if let Err(e) = fx.embedded_answer(j, p, &r.head, &r.body, now) {
-                fx.note_error(&format!("long poll: {e:#}"));
+                fx.errors.note(&format!("long poll: {e:#}"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             fx.check_drained(j);
@@ -498,7 +489,7 @@ async fn nchan_longpoll(fx: &Fx, j: usize, res: &[u64], pos: &mut [Pos]) -> Resu
                 304 | 408 => fx.shared.c.borrow_mut().poll_timeouts += 1,
                 s => {
                     fx.shared.c.borrow_mut().protocol_errors += 1;
-                    fx.note_error(&format!("Nchan long poll answered {s}"));
+                    fx.errors.note(&format!("Nchan long poll answered {s}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -619,7 +610,7 @@ async fn worker(mut w: WorkerCtx, args: Rc<FanoutArgs>, prefix: String) -> Resul
         notify: Notify::new(),
         settled: Cell::new(0),
         done: Cell::new(0),
-        errors_printed: Cell::new(0),
+        errors: ErrorLog::new("fanout"),
     });
     let stats = w.spawn_stats();
     let mut tasks = JoinSet::new();
@@ -640,7 +631,7 @@ async fn worker(mut w: WorkerCtx, args: Rc<FanoutArgs>, prefix: String) -> Resul
         dialer,
         paths,
         seq: RefCell::new(vec![0; args.resources]),
-        errors_printed: Cell::new(0),
+        errors: ErrorLog::new("fanout"),
     });
     let mut pubs = JoinSet::new();
     let effective_pubs = args.publishers.min(args.resources).max(1);

@@ -5,6 +5,7 @@ use crate::cli::{ParkArgs, Target};
 use crate::fleet::{Ctl, Driver, OpenGuard, Snap, WorkerCtx, WorkerFn};
 use crate::http::{write_request, Conn};
 use crate::net::{worker_dialer, Dialer};
+use crate::output::ErrorLog;
 use crate::stats::Kind;
 use crate::target::{create_resources, random_prefix, Paths};
 use crate::{metrics, output, procfs};
@@ -21,23 +22,13 @@ struct Px {
     dialer: Rc<Dialer>,
     settled: Cell<usize>,
     notify: Notify,
-    errors_printed: Cell<u32>,
+    errors: ErrorLog,
 }
 
 impl Px {
     fn settle(&self) {
         self.settled.set(self.settled.get() + 1);
         self.notify.notify_one();
-    }
-
-    fn note_error(&self, what: &str) {
-        let n = self.errors_printed.get();
-        if n < 5 {
-            eprintln!("halley-load: park: {what}");
-        } else if n == 5 {
-            eprintln!("halley-load: park: (further errors only counted)");
-        }
-        self.errors_printed.set(n + 1);
     }
 }
 
@@ -47,7 +38,7 @@ async fn park_one(px: Rc<Px>, req: Vec<u8>) {
         Ok(s) => s,
         Err(e) => {
             px.shared.c.borrow_mut().conn_failures += 1;
-            px.note_error(&format!("{e:#}"));
+            px.errors.note(&format!("{e:#}"));
             px.settle();
             return;
         }
@@ -57,7 +48,7 @@ async fn park_one(px: Rc<Px>, req: Vec<u8>) {
     let mut conn = Conn::new(stream, 2048);
     if let Err(e) = conn.write_all(&req).await {
         px.shared.c.borrow_mut().disconnects += 1;
-        px.note_error(&format!("{e}"));
+        px.errors.note(&format!("{e}"));
         px.settle();
         return;
     }
@@ -72,7 +63,8 @@ async fn park_one(px: Rc<Px>, req: Vec<u8>) {
                 } else {
                     // Nothing writes these resources: any other answer is unexpected.
                     px.shared.c.borrow_mut().protocol_errors += 1;
-                    px.note_error(&format!("parked poll answered {}", r.head.status));
+                    px.errors
+                        .note(&format!("parked poll answered {}", r.head.status));
                 }
                 if r.head.close || conn.write_all(&req).await.is_err() {
                     px.shared.c.borrow_mut().disconnects += 1;
@@ -81,7 +73,7 @@ async fn park_one(px: Rc<Px>, req: Vec<u8>) {
             }
             Err(e) => {
                 px.shared.c.borrow_mut().disconnects += 1;
-                px.note_error(&format!("{e}"));
+                px.errors.note(&format!("{e}"));
                 return;
             }
         }
@@ -138,7 +130,7 @@ async fn worker(mut w: WorkerCtx, args: Rc<ParkArgs>, prefix: String) -> Result<
         dialer,
         settled: Cell::new(0),
         notify: Notify::new(),
-        errors_printed: Cell::new(0),
+        errors: ErrorLog::new("park"),
     });
     let stats = w.spawn_stats();
     let mut tasks = JoinSet::new();

@@ -4,11 +4,12 @@ use crate::cli::{Method, PublishArgs, Target};
 use crate::fleet::{latency_rows, Ctl, Driver, Snap, WorkerCtx, WorkerFn};
 use crate::net::worker_dialer;
 use crate::output;
+use crate::output::ErrorLog;
 use crate::publisher::{spawn_publisher, stop_publishers, PubShared, PubSpec};
 use crate::stats::{Kind, Percentiles};
 use crate::target::{random_prefix, Paths};
 use anyhow::{bail, Result};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -22,7 +23,7 @@ async fn worker(mut w: WorkerCtx, args: Rc<PublishArgs>, prefix: String) -> Resu
         dialer,
         paths: Paths::new(c.target, &prefix, c.addr),
         seq: RefCell::new(vec![0; args.resources]),
-        errors_printed: Cell::new(0),
+        errors: ErrorLog::new("publisher"),
     });
     let stats = w.spawn_stats();
     let (stop_tx, stop_rx) = watch::channel(false);

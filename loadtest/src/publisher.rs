@@ -7,11 +7,12 @@ use crate::fleet::{OpenGuard, Shared};
 use crate::http::{write_request, Conn, HttpError, Response};
 use crate::multipart::{is_http_part, parse_embedded, split_part, Event, MultipartParser};
 use crate::net::Dialer;
+use crate::output::ErrorLog;
 use crate::record::write_record;
 use crate::stats::record_ns;
 use crate::target::Paths;
 use anyhow::Result;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -27,20 +28,8 @@ pub struct PubShared {
     pub paths: Paths,
     /// Next sequence number per resource (index = resource).
     pub seq: RefCell<Vec<u64>>,
-    /// Error messages printed so far (capped, to keep stderr readable).
-    pub errors_printed: Cell<u32>,
-}
-
-impl PubShared {
-    pub fn note_error(&self, what: &str) {
-        let n = self.errors_printed.get();
-        if n < 5 {
-            eprintln!("halley-load: publisher: {what}");
-        } else if n == 5 {
-            eprintln!("halley-load: publisher: (further errors only counted)");
-        }
-        self.errors_printed.set(n + 1);
-    }
+    /// Errors seen by this worker's publishers (the first few printed).
+    pub errors: ErrorLog,
 }
 
 #[derive(Debug, Clone)]
@@ -133,7 +122,7 @@ fn on_response(ps: &PubShared, spec: &PubSpec, r: &Response) -> bool {
         if r.head.status == 501 || r.head.status == 404 || r.head.status == 405 {
             c.status_errors += spec.batch as u64;
             drop(c);
-            ps.note_error(&format!(
+            ps.errors.note(&format!(
                 "POST /batch answered {} ({}): this server has no /batch; run without --batch",
                 r.head.status,
                 String::from_utf8_lossy(&r.body).trim()
@@ -143,13 +132,15 @@ fn on_response(ps: &PubShared, spec: &PubSpec, r: &Response) -> bool {
         if !ok(r.head.status) {
             c.status_errors += spec.batch as u64;
             drop(c);
-            ps.note_error(&format!("POST /batch answered {}", r.head.status));
+            ps.errors
+                .note(&format!("POST /batch answered {}", r.head.status));
             return true;
         }
         let Some(b) = r.head.boundary() else {
             c.protocol_errors += 1;
             drop(c);
-            ps.note_error("POST /batch answer without a multipart boundary");
+            ps.errors
+                .note("POST /batch answer without a multipart boundary");
             return true;
         };
         let mut mp = MultipartParser::new(&b);
@@ -178,10 +169,11 @@ fn on_response(ps: &PubShared, spec: &PubSpec, r: &Response) -> bool {
         c.protocol_errors += broken + u64::from(res.is_err()) + u64::from(short > 0);
         drop(c);
         if let Some(s) = first_bad {
-            ps.note_error(&format!("a /batch sub-request answered {s}"));
+            ps.errors
+                .note(&format!("a /batch sub-request answered {s}"));
         }
         if broken > 0 || res.is_err() || short > 0 {
-            ps.note_error("malformed /batch answer");
+            ps.errors.note("malformed /batch answer");
         }
         return true;
     }
@@ -190,7 +182,7 @@ fn on_response(ps: &PubShared, spec: &PubSpec, r: &Response) -> bool {
     } else {
         c.status_errors += 1;
         drop(c);
-        ps.note_error(&format!(
+        ps.errors.note(&format!(
             "publish answered {}: {}",
             r.head.status,
             String::from_utf8_lossy(&r.body[..r.body.len().min(200)]).trim()
@@ -212,7 +204,7 @@ pub async fn run_publisher(
         Ok(s) => s,
         Err(e) => {
             ps.shared.c.borrow_mut().conn_failures += 1;
-            ps.note_error(&format!("{e:#}"));
+            ps.errors.note(&format!("{e:#}"));
             return Err(e);
         }
     };
@@ -318,7 +310,7 @@ pub fn spawn_publisher(
     let ps = ps.clone();
     pubs.spawn_local(async move {
         if let Err(e) = run_publisher(ps.clone(), spec, stop).await {
-            ps.note_error(&format!("{e:#}"));
+            ps.errors.note(&format!("{e:#}"));
         }
     });
 }

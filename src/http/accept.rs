@@ -390,6 +390,7 @@ fn trim_ows_start(mut s: &[u8]) -> &[u8] {
 mod tests {
     use super::StreamForm::*;
     use super::*;
+    use crate::http::props::all_inputs;
 
     fn check(accept: &str, stream: Option<StreamForm>, digest_acceptable: bool) {
         let expected = Negotiation {
@@ -549,24 +550,6 @@ mod tests {
         assert_eq!(qvalue(b"0.a"), None);
         assert_eq!(qvalue(b"00"), None);
         assert_eq!(qvalue(b""), None);
-    }
-
-    /// Every input of up to `max_len` bytes drawn from `alphabet`.
-    fn all_inputs(alphabet: &[u8], max_len: usize) -> Vec<Vec<u8>> {
-        let mut inputs: Vec<Vec<u8>> = vec![Vec::new()];
-        let mut all = inputs.clone();
-        for _ in 0..max_len {
-            inputs = inputs
-                .iter()
-                .flat_map(|prefix| {
-                    alphabet
-                        .iter()
-                        .map(move |&b| [prefix.as_slice(), &[b]].concat())
-                })
-                .collect();
-            all.extend(inputs.iter().cloned());
-        }
-        all
     }
 
     #[test]

@@ -529,6 +529,7 @@ fn body<'a>(request: &SubRequest<'a>, rest: &'a [u8]) -> Result<&'a [u8], SubReq
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::props::all_inputs;
     use std::fmt::Write as _;
 
     const LIMITS: PartLimits = PartLimits { max_parts: 8 };
@@ -887,24 +888,6 @@ mod tests {
         let part = b"PUT /n\r\nContent-Length: 0";
         let request = parse_subrequest(part).unwrap();
         assert_eq!(offset_in(part, request.body), Some(part.len()));
-    }
-
-    /// Every input of up to `max_len` bytes drawn from `alphabet`.
-    fn all_inputs(alphabet: &[u8], max_len: usize) -> Vec<Vec<u8>> {
-        let mut inputs: Vec<Vec<u8>> = vec![Vec::new()];
-        let mut all = inputs.clone();
-        for _ in 0..max_len {
-            inputs = inputs
-                .iter()
-                .flat_map(|prefix| {
-                    alphabet
-                        .iter()
-                        .map(move |&b| [prefix.as_slice(), &[b]].concat())
-                })
-                .collect();
-            all.extend(inputs.iter().cloned());
-        }
-        all
     }
 
     #[test]

@@ -20,6 +20,25 @@ const MAX_MICROS: u64 = 2_932_897 * 86_400 * 1_000_000 - 1;
 /// Bytes that follow a body or head and must be left alone.
 const NEXT: &[u8] = b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n";
 
+/// Every input of up to `max_len` bytes drawn from `alphabet`, for the exhaustive
+/// never-panic tests of the small parsers.
+pub(crate) fn all_inputs(alphabet: &[u8], max_len: usize) -> Vec<Vec<u8>> {
+    let mut inputs: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut all = inputs.clone();
+    for _ in 0..max_len {
+        inputs = inputs
+            .iter()
+            .flat_map(|prefix| {
+                alphabet
+                    .iter()
+                    .map(move |&b| [prefix.as_slice(), &[b]].concat())
+            })
+            .collect();
+        all.extend(inputs.iter().cloned());
+    }
+    all
+}
+
 /// Cuts `input` at the sorted, clamped `points`.
 fn pieces<'a>(input: &'a [u8], points: &[usize]) -> Vec<&'a [u8]> {
     let mut points: Vec<usize> = points.iter().map(|&p| p % (input.len() + 1)).collect();

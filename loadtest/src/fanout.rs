@@ -10,10 +10,10 @@ use crate::net::{worker_dialer, Dialer};
 use crate::output::ErrorLog;
 use crate::publisher::{spawn_publisher, stop_publishers, PubShared, PubSpec};
 use crate::stats::{fmt_us, Kind, Percentiles};
-use crate::target::{create_resources, random_prefix, Paths};
+use crate::target::{prepare_run, Paths};
 use crate::verify::{process_body, BodyKind, Tracker};
 use crate::{metrics, output};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -731,14 +731,7 @@ fn validate(a: &FanoutArgs) -> Result<()> {
 pub async fn run(args: FanoutArgs) -> Result<i32> {
     validate(&args)?;
     let c = args.common.clone();
-    let prefix = c.prefix.clone().unwrap_or_else(random_prefix);
-    let paths = Paths::new(c.target, &prefix, c.addr);
-    if c.target == Target::Halley {
-        let ks: Vec<u64> = (0..args.resources as u64).collect();
-        create_resources(c.addr, &paths, &ks, "text/plain")
-            .await
-            .context("creating resources")?;
-    }
+    let prefix = prepare_run(&c, args.resources).await?;
     let label = format!(
         "{} {} {:?}",
         c.target.name(),

@@ -7,7 +7,7 @@ use crate::http::{write_request, Conn};
 use crate::net::{worker_dialer, Dialer};
 use crate::output::ErrorLog;
 use crate::stats::Kind;
-use crate::target::{create_resources, random_prefix, Paths};
+use crate::target::{prepare_run, Paths};
 use crate::{metrics, output, procfs};
 use anyhow::{bail, Context, Result};
 use std::cell::Cell;
@@ -196,14 +196,7 @@ pub async fn run(args: ParkArgs) -> Result<i32> {
         bail!("--conns and --resources must be at least 1");
     }
     let c = args.common.clone();
-    let prefix = c.prefix.clone().unwrap_or_else(random_prefix);
-    let paths = Paths::new(c.target, &prefix, c.addr);
-    if c.target == Target::Halley {
-        let ks: Vec<u64> = (0..args.resources as u64).collect();
-        create_resources(c.addr, &paths, &ks, "text/plain")
-            .await
-            .context("creating resources")?;
-    }
+    let prefix = prepare_run(&c, args.resources).await?;
     let n = args.conns as u64;
     let rss_before = procfs::sum_rss(&c.server_pid);
     eprintln!(

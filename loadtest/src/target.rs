@@ -1,6 +1,6 @@
 //! Where things live on each server kind.
 
-use crate::cli::Target;
+use crate::cli::{Common, Target};
 use crate::http::{write_request, Conn};
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
@@ -67,6 +67,20 @@ impl Paths {
 pub fn random_prefix() -> String {
     let mut rng = crate::clock::Rng::seeded();
     format!("run{:012x}", rng.next_u64() & 0xffff_ffff_ffff)
+}
+
+/// The run's prefix (`--prefix` or a fresh one); on halley, also creates the run's
+/// `resources` resources, empty, so that subscribers have something to wait on.
+pub async fn prepare_run(c: &Common, resources: usize) -> Result<String> {
+    let prefix = c.prefix.clone().unwrap_or_else(random_prefix);
+    if c.target == Target::Halley {
+        let paths = Paths::new(c.target, &prefix, c.addr);
+        let ks: Vec<u64> = (0..resources as u64).collect();
+        create_resources(c.addr, &paths, &ks, "text/plain")
+            .await
+            .context("creating resources")?;
+    }
+    Ok(prefix)
 }
 
 /// Creates halley resources with `PUT` (empty `text/plain`) on one pipelined

@@ -105,6 +105,8 @@ pub struct WorkerMetrics {
     pub stream_buffered_bytes: AtomicI64,
     /// Vectored writes to streams (each carries every part queued at the time).
     pub stream_writes: AtomicU64,
+    /// Resources of this worker's shard that some worker waits on (gauge).
+    pub watched: AtomicI64,
 }
 
 impl WorkerMetrics {
@@ -179,7 +181,13 @@ impl Metrics {
         );
 
         type Field = fn(&WorkerMetrics) -> u64;
-        let per_worker: [(&str, &str, &str, Field); 17] = [
+        let per_worker: [(&str, &str, &str, Field); 18] = [
+            (
+                "halley_watched_resources",
+                "gauge",
+                "Resources of this worker's shard that some worker waits on.",
+                |m| m.watched.load(Relaxed).max(0) as u64,
+            ),
             (
                 "halley_worker_open_connections",
                 "gauge",

@@ -338,14 +338,21 @@ impl Worker {
         let Some(mode) = self.groups.borrow_mut().get_mut(gid).map(|g| g.mode) else {
             return;
         };
-        let (path, range) = match self.watch.borrow().get(wid) {
-            Some(w) => (w.path().clone(), w.query.range),
+        let (path, range, first) = match self.watch.borrow().get(wid) {
+            Some(w) => (
+                w.path().clone(),
+                w.query.range,
+                w.state == WaitState::Pending,
+            ),
             None => return,
         };
         match (mode, answer) {
-            (_, Answer::Wait { since }) => {
+            (GroupMode::Once { .. }, Answer::Wait { since }) => {
                 self.set_state(wid, WaitState::Parked { since });
-                self.once_progress(gid, mode, None);
+                self.once_progress(gid, first, None);
+            }
+            (GroupMode::Stream(_), Answer::Wait { since }) => {
+                self.set_state(wid, WaitState::Parked { since });
             }
             (GroupMode::Stream(form), Answer::Now(reply)) => {
                 let since = reply.last_modified.unwrap_or(Timestamp::ZERO);
@@ -377,14 +384,10 @@ impl Worker {
                 }
             }
             (GroupMode::Once { .. }, Answer::Now(mut reply)) => {
+                // Answered: this resource's part is final, later changes do not touch it.
                 reply.content_location = Some(Bytes::copy_from_slice(path.as_bytes()));
-                self.set_state(
-                    wid,
-                    WaitState::Parked {
-                        since: reply.last_modified.unwrap_or(Timestamp::ZERO),
-                    },
-                );
-                self.once_progress(gid, mode, Some(reply));
+                self.watch.borrow_mut().remove(wid);
+                self.once_progress(gid, first, Some(reply));
             }
         }
     }
@@ -395,14 +398,16 @@ impl Worker {
         }
     }
 
-    /// Records a one-shot group's answer; answers the client once every first answer
-    /// is in and at least one resource is ready.
-    fn once_progress(self: &Rc<Self>, gid: GroupId, mode: GroupMode, ready: Option<Reply>) {
-        let GroupMode::Once { .. } = mode else { return };
+    /// Records an answer for one of a one-shot group's resources (`first`: its first
+    /// answer); answers the client once every first answer is in and at least one
+    /// resource is ready.
+    fn once_progress(self: &Rc<Self>, gid: GroupId, first: bool, ready: Option<Reply>) {
         let finish = {
             let mut groups = self.groups.borrow_mut();
             let Some(g) = groups.get_mut(gid) else { return };
-            g.awaiting = g.awaiting.saturating_sub(1);
+            if first {
+                g.awaiting = g.awaiting.saturating_sub(1);
+            }
             if let Some(r) = ready {
                 g.ready.push(r);
             }
@@ -593,12 +598,18 @@ impl Worker {
             let mut groups = self.groups.borrow_mut();
             let Some(g) = groups.get_mut(gid) else { return };
             if g.ending {
+                // Already finishing; a failed write or a hang-up closes it now (the
+                // writer task has stopped or its in-flight send fails on the shutdown).
+                drop(groups);
+                if how != End::Finish {
+                    self.close_group(gid, how);
+                }
                 return;
             }
             std::mem::take(&mut g.subs)
         };
         for wid in subs {
-            self.watch.borrow_mut().remove(wid);
+            self.drop_waiter(wid);
         }
         if how == End::Finish {
             let spawn = {
@@ -623,13 +634,17 @@ impl Worker {
             return;
         };
         for wid in &g.subs {
-            self.watch.borrow_mut().remove(*wid);
+            self.drop_waiter(*wid);
         }
         if how != End::HungUp {
             self.hangup.detach(g.conn.stream.as_raw_fd(), g.conn.gen());
         }
         if let GroupMode::Stream(_) = g.mode {
-            self.metrics().streams.fetch_sub(1, Relaxed);
+            let m = self.metrics();
+            m.streams.fetch_sub(1, Relaxed);
+            // Bytes queued but never handed to a send (those in flight are counted
+            // off by the writer when its send returns).
+            m.stream_buffered_bytes.fetch_sub(g.queued as i64, Relaxed);
         }
         let _ = g.conn.stream.shutdown(std::net::Shutdown::Both);
     }
@@ -641,7 +656,7 @@ impl Worker {
         };
         self.hangup.detach(g.conn.stream.as_raw_fd(), g.conn.gen());
         for wid in &g.subs {
-            self.watch.borrow_mut().remove(*wid);
+            self.drop_waiter(*wid);
         }
         let GroupMode::Once { multipart } = g.mode else {
             return;

@@ -170,13 +170,7 @@ impl Worker {
         self.stop_accepting.notify_one();
         let waiters = self.watch.borrow().all_ids();
         for id in waiters {
-            let t = match self.watch.borrow().get(id) {
-                Some(w) if matches!(w.holder, Holder::Poll(_)) => w.query.t,
-                _ => continue,
-            };
-            let mut reply = Reply::new(304);
-            reply.last_modified = Some(t);
-            self.release(id, Shaped::from_reply(reply));
+            self.not_modified(id);
         }
         let groups = self.groups.borrow().ids();
         for gid in groups {
@@ -296,11 +290,12 @@ impl Worker {
             .borrow()
             .poll(path, query.t, query.range.as_ref());
         if stay || matches!(answer, Answer::Wait { .. }) {
-            self.interest
-                .borrow_mut()
-                .entry(path.clone())
-                .or_default()
-                .insert(from);
+            let mut interest = self.interest.borrow_mut();
+            let set = interest.entry(path.clone()).or_insert_with(|| {
+                self.metrics().watched.fetch_add(1, Relaxed);
+                WorkerSet::default()
+            });
+            set.insert(from);
         }
         answer
     }
@@ -311,6 +306,7 @@ impl Worker {
             set.remove(from);
             if set.is_empty() {
                 interest.remove(path);
+                self.metrics().watched.fetch_sub(1, Relaxed);
             }
         }
     }
@@ -381,29 +377,43 @@ impl Worker {
         }
     }
 
-    /// Takes a long poll out of the wait list; returns its connection (whose hang-up
-    /// poll stays armed for its next park).
-    fn unpark(&self, id: WaiterId) -> Option<ParkedConn> {
+    /// Takes a long poll out of the wait list; returns its path and its connection
+    /// (which no longer answers to the hang-up ring).
+    fn unpark(&self, id: WaiterId) -> Option<(Arc<str>, ParkedConn)> {
         if !matches!(self.watch.borrow().get(id)?.holder, Holder::Poll(_)) {
             return None;
         }
-        let w = self.watch.borrow_mut().remove(id)?;
+        let (path, holder) = self.watch.borrow_mut().remove(id)?.into_parts();
         self.metrics().parked.fetch_sub(1, Relaxed);
-        match w.holder {
+        match holder {
             Holder::Poll(parked) => {
                 self.hangup
                     .detach(parked.conn.stream.as_raw_fd(), parked.conn.gen());
-                Some(parked)
+                Some((path, parked))
             }
             Holder::Group(_) => None,
         }
     }
 
-    /// Answers a long poll and lets its connection carry on.
+    /// Answers a long poll with a change and lets its connection carry on.
     fn release(self: &Rc<Self>, id: WaiterId, shaped: Shaped) {
-        if let Some(parked) = self.unpark(id) {
+        if let Some((_, parked)) = self.unpark(id) {
             self.metrics().deliveries.fetch_add(1, Relaxed);
             tokio_uring::spawn(conn::answer_parked(self.clone(), parked, shaped));
+        }
+    }
+
+    /// Answers a long poll `304 Not Modified` (its timeout, or shutdown).
+    fn not_modified(self: &Rc<Self>, id: WaiterId) {
+        let Some(t) = self.watch.borrow().get(id).map(|w| w.query.t) else {
+            return;
+        };
+        if let Some((path, parked)) = self.unpark(id) {
+            let mut reply = Reply::new(304);
+            reply.last_modified = Some(t);
+            let shaped = Shaped::from_reply(reply);
+            tokio_uring::spawn(conn::answer_parked(self.clone(), parked, shaped));
+            self.forget_if_unwatched(&path);
         }
     }
 
@@ -449,24 +459,45 @@ impl Worker {
         }
     }
 
+    /// Stops this worker watching `path` unless one of its waiters still does: the
+    /// owner forgets it and so does `known`.
+    ///
+    /// Called lazily after a change (the next change of a path nobody here waits on any
+    /// more), so that a long poll re-polling right after its answer causes no message
+    /// churn; and at once when a waiter leaves without a change (hang-up, timeout, its
+    /// group ending), since a path that never changes would otherwise stay registered
+    /// with its owner for good.
+    fn forget_if_unwatched(&self, path: &Arc<str>) {
+        if self.watch.borrow().watches(path) {
+            return;
+        }
+        self.known.borrow_mut().remove(&**path);
+        let owner = self.owner_of(path);
+        if owner == self.id {
+            self.unwatch(path, self.id);
+        } else {
+            self.send(
+                owner,
+                Msg::Unwatch {
+                    path: path.clone(),
+                    from: self.id,
+                },
+            );
+        }
+    }
+
+    /// Takes a waiter out of the wait lists because it leaves without a change
+    /// answering it (see [`Worker::forget_if_unwatched`]).
+    pub(super) fn drop_waiter(&self, id: WaiterId) {
+        let removed = self.watch.borrow_mut().remove(id);
+        if let Some(w) = removed {
+            self.forget_if_unwatched(w.path());
+        }
+    }
+
     fn handle_change(self: &Rc<Self>, event: &Arc<ChangeEvent>) {
         let Some(ids) = self.watch.borrow().ids_for(&event.path) else {
-            // Nobody here watches it any more: tell the owner (lazily, so a long poll
-            // that re-polls right after its answer does not cause message churn).
-            self.known.borrow_mut().remove(&*event.path);
-            let owner = self.owner_of(&event.path);
-            if owner == self.id {
-                self.unwatch(&event.path, self.id);
-            } else {
-                self.send(
-                    owner,
-                    Msg::Unwatch {
-                        path: event.path.clone(),
-                        from: self.id,
-                    },
-                );
-            }
-            return;
+            return self.forget_if_unwatched(&event.path);
         };
         self.learn(&event.path, event.ts, Some(event));
         for id in ids {
@@ -503,7 +534,7 @@ impl Worker {
         let (path, query) = {
             let mut watch = self.watch.borrow_mut();
             let Some(w) = watch.get_mut(id) else { return };
-            w.state = WaitState::Pending;
+            w.state = WaitState::Refreshing;
             // From the state the client has, not the stamp it sent (which may be ahead
             // of our clock): a change is after `since`, so the answer is immediate.
             (
@@ -603,7 +634,13 @@ impl Worker {
             // Dropping the waiter (or ending the group) closes its connection.
             for holder in batch.drain(..) {
                 let freed = match holder {
-                    hangup::Holder::Waiter(id) => self.unpark(id).is_some(),
+                    hangup::Holder::Waiter(id) => match self.unpark(id) {
+                        Some((path, _)) => {
+                            self.forget_if_unwatched(&path);
+                            true
+                        }
+                        None => false,
+                    },
                     hangup::Holder::Group(gid) => {
                         self.end_group(gid, End::HungUp);
                         true
@@ -630,12 +667,9 @@ impl Worker {
             self.deadlines.borrow_mut().pop_front();
             match id {
                 Expiry::Waiter(id) => {
-                    let t = self.watch.borrow().get(id).map(|w| w.query.t);
-                    if let Some(t) = t {
+                    if self.watch.borrow().get(id).is_some() {
                         self.metrics().poll_timeouts.fetch_add(1, Relaxed);
-                        let mut reply = Reply::new(304);
-                        reply.last_modified = Some(t);
-                        self.release(id, Shaped::from_reply(reply));
+                        self.not_modified(id);
                     }
                 }
                 Expiry::Group(gid) => self.expire_group(gid),

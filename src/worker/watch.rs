@@ -11,8 +11,8 @@
 //! the connection and has one waiter per resource it watches).
 //!
 //! A waiter is `Pending` while the owning worker of its resource has not yet said
-//! whether to answer now or to wait; it is `Parked` once it waits for a change after
-//! `since`; a stream's waiter is `Dirty` while its reader is behind and its changes are
+//! whether to answer now or to wait (`Refreshing` when it asked again after an
+//! answer); it is `Parked` once it waits for a change after `since`; a stream's waiter is `Dirty` while its reader is behind and its changes are
 //! being summarised into one catch-up part.
 
 use std::collections::HashMap;
@@ -38,8 +38,11 @@ pub struct WaiterId {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitState {
-    /// Asked the owner; its answer is on the way.
+    /// Asked the owner for its first answer, which is on the way.
     Pending,
+    /// Asked the owner again (one change did not describe the answer, or a summarised
+    /// stream caught up); the answer is on the way.
+    Refreshing,
     /// Up to date with the state stamped `since`; answered by the next change.
     Parked { since: Timestamp },
     /// A stream's reader fell behind after `since`: changes are not queued but
@@ -83,6 +86,10 @@ pub struct Waiter {
 impl Waiter {
     pub fn path(&self) -> &Arc<str> {
         &self.path
+    }
+
+    pub fn into_parts(self) -> (Arc<str>, Holder) {
+        (self.path, self.holder)
     }
 }
 

@@ -284,3 +284,50 @@ fn obsolete_date_forms_are_accepted() {
         assert_eq!(r.status, 200, "{date}");
     }
 }
+
+#[test]
+fn polls_that_leave_unanswered_unregister_their_paths() {
+    // Long polls on paths that never change, spread over both workers: once they have
+    // all timed out or hung up, no worker is registered with any owner for them any
+    // more (a client inventing paths must not grow the server's watch tables).
+    const PATHS: usize = 60;
+    let server = Server::start(&["--poll-timeout", "300ms", "--threads", "2"]);
+    let timing_out: Vec<Client> = (0..PATHS)
+        .map(|i| {
+            let mut c = server.client();
+            let path = format!("/made-up/t{i}");
+            c.send_request("GET", &path, &[("When-Modified-After", EPOCH)], b"");
+            c
+        })
+        .collect();
+    let hanging_up: Vec<Client> = (0..PATHS)
+        .map(|i| {
+            let mut c = server.client();
+            let path = format!("/made-up/h{i}");
+            c.send_request("GET", &path, &[("When-Modified-After", EPOCH)], b"");
+            c
+        })
+        .collect();
+    server.wait_metric("halley_parked", (2 * PATHS) as f64);
+    assert_eq!(
+        server.metric("halley_watched_resources"),
+        (2 * PATHS) as f64,
+        "every parked path is registered with its owner"
+    );
+    for c in hanging_up {
+        c.close();
+    }
+    for mut c in timing_out {
+        assert_eq!(c.read_response().status, 304);
+    }
+    server.wait_metric("halley_parked", 0.0);
+    server.wait_metric("halley_watched_resources", 0.0);
+
+    // The registration comes back for the next poll, which a change still answers.
+    let mut poll = server.client();
+    poll.send_request("GET", "/made-up/t7", &[("When-Modified-After", EPOCH)], b"");
+    server.wait_metric("halley_watched_resources", 1.0);
+    server.client().put("/made-up/t7", "text/plain", b"now");
+    let r = poll.read_response();
+    assert_eq!((r.status, r.text().as_str()), (200, "now"));
+}

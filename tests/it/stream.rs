@@ -747,3 +747,113 @@ fn one_shot_subscribe_times_out_with_304() {
     assert_eq!(r.status, 304);
     assert_eq!(c.get("/never").status, 404, "the connection carries on");
 }
+
+#[test]
+fn a_stream_ending_under_a_stalled_reader_closes_when_the_reader_leaves() {
+    let server = Server::start(&[
+        "--stream-buffer",
+        "16KiB",
+        "--stream-sndbuf",
+        "16KiB",
+        "--threads",
+        "1",
+    ]);
+    let mut w = server.client();
+    w.put("/frame", "text/plain", b"");
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&server.addr.into()).unwrap();
+    let mut stalled = Client::from_stream(sock.into());
+    stalled.send_request(
+        "GET",
+        "/frame",
+        &[("Accept", "multipart/x-mixed-replace")],
+        b"",
+    );
+    server.wait_metric("halley_streams", 1.0);
+    // A state far larger than the socket buffers: its write stays in flight (and,
+    // alone, it is queued whatever the budget).
+    let state = vec![b's'; 1024 * 1024];
+    assert_eq!(w.put("/frame", "text/plain", &state).status, 204);
+    assert!(server.metric("halley_stream_buffered_bytes") > 0.0);
+    assert_eq!(server.metric("halley_summarised_total"), 0.0);
+    // The delete ends the stream: the closing delimiter waits behind the stuck write.
+    assert_eq!(w.delete("/frame").status, 204);
+    // The reader leaves without reading (its unread data makes the close a reset).
+    drop(stalled);
+    server.wait_metric("halley_streams", 0.0);
+    server.wait_metric("halley_open_connections", 1.0);
+    server.wait_metric("halley_stream_buffered_bytes", 0.0);
+}
+
+#[test]
+fn one_shot_subscribe_answers_each_resource_once_while_one_keeps_changing() {
+    // Every resource is ready at once; one of them changes all the time (and streams
+    // on it keep every worker receiving its changes). Each answer holds every resource
+    // exactly once, however the changes race the owners' first answers.
+    const QUIET: usize = 16;
+    const ROUNDS: usize = 150;
+    const CLIENTS: usize = 4;
+    let server = Server::start(&["--threads", "2"]);
+    let mut w = server.client();
+    w.put("/hot", "text/plain", b"h");
+    for i in 0..QUIET {
+        w.put(&format!("/q/{i}"), "text/plain", b"q");
+    }
+    let _watchers: Vec<PartStream> = (0..8)
+        .map(|_| open(&server, "/hot", "multipart/digest", &[]))
+        .collect();
+    server.wait_metric("halley_streams", 8.0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let stop = stop.clone();
+            let mut w = server.client();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert_eq!(w.post("/hot", "text/plain", b"+").status, 204);
+                }
+            })
+        })
+        .collect();
+    let mut body = format!("--S\r\nGET /hot\r\nWhen-Modified-After: {EPOCH}\r\n");
+    for i in 0..QUIET {
+        body += &format!("--S\r\nGET /q/{i}\r\nWhen-Modified-After: {EPOCH}\r\n");
+    }
+    body += "--S--\r\n";
+    let mut want: Vec<String> = (0..QUIET).map(|i| format!("/q/{i}")).collect();
+    want.push("/hot".into());
+    want.sort_unstable();
+    let subscribers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (body, want) = (body.clone(), want.clone());
+            let mut c = server.client();
+            std::thread::spawn(move || {
+                for round in 0..ROUNDS {
+                    let r = c.request(
+                        "POST",
+                        "/subscribe",
+                        &[("Content-Type", "multipart/digest; boundary=S")],
+                        body.as_bytes(),
+                    );
+                    assert_eq!(r.status, 200);
+                    let text = r.text();
+                    let mut locations: Vec<&str> = text
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("Content-Location: "))
+                        .collect();
+                    locations.sort_unstable();
+                    assert_eq!(locations, want, "round {round}");
+                }
+            })
+        })
+        .collect();
+    let results: Vec<_> = subscribers.into_iter().map(|t| t.join()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in writers {
+        t.join().unwrap();
+    }
+    for r in results {
+        r.unwrap();
+    }
+}

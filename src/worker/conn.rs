@@ -38,6 +38,9 @@ const FIRST_READ: usize = 512;
 const READ_CHUNK: usize = 4096;
 /// A read buffer grown past this is released once it is empty again.
 const KEEP_BUFFER_MAX: usize = 64 * 1024;
+
+/// The most a request body buffer reserves before the body arrives.
+const INITIAL_BODY_CAPACITY: u64 = 64 * 1024;
 /// How long a closing connection keeps reading (and discarding) what the client still
 /// sends, so that our last response is not destroyed by a reset (RFC 9112 §9.6).
 const LINGER: Duration = Duration::from_secs(1);
@@ -280,8 +283,9 @@ impl Task {
             .push_reply(&self.worker, reply, Persistence::Close, false);
     }
 
-    /// Reads the request body. `Err` carries the reply to send before closing.
-    async fn read_body(&mut self, head: &Head) -> Result<Bytes, Reply> {
+    /// Reads the request body (or, unless `keep`, reads and drops it). `Err` carries
+    /// the reply to send before closing.
+    async fn read_body(&mut self, head: &Head, keep: bool) -> Result<Bytes, Reply> {
         let worker = self.worker.clone();
         let cfg = worker.config();
         let limits = BodyLimits {
@@ -299,10 +303,18 @@ impl Task {
                 .push(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
             self.flush().await.map_err(|_| Reply::new(400))?;
         }
+        // Sized to the announced length only up to a first read's worth: a head alone
+        // does not reserve megabytes; a larger body grows the buffer as it arrives.
         let hint = decoder
             .remaining_hint()
             .unwrap_or(0)
-            .min(cfg.max_body_bytes);
+            .min(cfg.max_body_bytes)
+            .min(INITIAL_BODY_CAPACITY);
+        let hint = if keep {
+            hint
+        } else {
+            hint.min(READ_CHUNK as u64)
+        };
         let mut body = Vec::with_capacity(hint as usize);
         loop {
             let progress = decoder
@@ -311,6 +323,9 @@ impl Task {
             self.conn.buf.drain(..progress.consumed);
             if progress.done {
                 return Ok(Bytes::from(body));
+            }
+            if !keep {
+                body.clear();
             }
             match self.read_more(Some(cfg.header_timeout)).await {
                 Ok(()) => {}
@@ -349,7 +364,21 @@ impl Task {
                     .push_reply(&self.worker, reply, Persistence::Close, false);
                 return self.close().await;
             }
-            let body = match self.read_body(&head).await {
+            // Credentials are checked on the head: a refused body is read and dropped
+            // (the connection carries on), never buffered.
+            let refusal = self.worker.refuse_head(&head);
+            if refusal.is_some()
+                && head.expect == Expect::Continue
+                && head.framing != Framing::Length(0)
+            {
+                // It waits for `100 Continue` and may never send the body: answer, close.
+                if let Some(reply) = refusal {
+                    self.out
+                        .push_reply(&self.worker, reply, Persistence::Close, head_only);
+                }
+                return self.close().await;
+            }
+            let body = match self.read_body(&head, refusal.is_none()).await {
                 Ok(body) => body,
                 Err(reply) => {
                     count_body_refusal(&self.worker, &reply);
@@ -358,7 +387,11 @@ impl Task {
                     return self.close().await;
                 }
             };
-            match self.worker.route(&head, body) {
+            let step = match refusal {
+                Some(reply) => Step::Reply(reply),
+                None => self.worker.route(&head, body),
+            };
+            match step {
                 Step::Reply(reply) => {
                     self.out
                         .push_reply(&self.worker, reply, persistence, head_only);

@@ -99,21 +99,24 @@ impl Worker {
         Some(reply)
     }
 
-    pub fn route(self: &Rc<Self>, head: &Head, body: Bytes) -> Step {
+    /// The refusal of a request its head already decides (credentials), before any
+    /// of its body is read.
+    pub fn refuse_head(&self, head: &Head) -> Option<Reply> {
         let path = head.path();
         let access = match head.method {
-            Method::Get | Method::Head => Some(Access::Read),
+            Method::Get | Method::Head => Access::Read,
             Method::Put | Method::Post | Method::Delete if !RESERVED_PATHS.contains(&path) => {
-                Some(Access::Write)
+                Access::Write
             }
-            _ => None,
+            _ => return None,
         };
-        if let Some(access) = access {
-            let decision = self.authorize(head.header("authorization"), path, access);
-            if let Some(reply) = self.refusal(decision, path) {
-                return Step::Reply(reply);
-            }
-        }
+        let decision = self.authorize(head.header("authorization"), path, access);
+        self.refusal(decision, path)
+    }
+
+    /// Answers a request [`Worker::refuse_head`] let through.
+    pub fn route(self: &Rc<Self>, head: &Head, body: Bytes) -> Step {
+        let path = head.path();
         if path == "*" {
             return Step::Reply(options(RESOURCE_ALLOW));
         }

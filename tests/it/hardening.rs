@@ -138,6 +138,24 @@ fn authentication_outcomes() {
     );
     assert_eq!(r.status, 401);
     assert!(server.metric("halley_rejections_total") >= 6.0);
+
+    // Refused on the head: a client waiting for `100 Continue` gets the refusal
+    // instead, and the connection closes (its megabyte is never asked for).
+    let mut waiting = server.client();
+    waiting.send(
+        "PUT /quotes/ACME HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\
+         Expect: 100-continue\r\n\r\n",
+    );
+    let r = waiting.read_response();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("connection"), Some("close"));
+    waiting.expect_closed();
+    // A refused body that is sent is read and dropped: the connection carries on.
+    let mut sender = server.client();
+    let r = sender.request("POST", "/quotes/ACME", &[], &vec![b'x'; 300_000]);
+    assert_eq!(r.status, 401);
+    let r = sender.request("GET", "/quotes/ACME", &[("Authorization", &feed)], b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "1"));
 }
 
 #[test]

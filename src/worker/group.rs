@@ -129,14 +129,6 @@ impl Groups {
         Some(self.slab.remove(id.key as usize))
     }
 
-    pub fn len(&self) -> usize {
-        self.slab.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slab.is_empty()
-    }
-
     pub(super) fn ids(&self) -> Vec<GroupId> {
         self.slab
             .iter()

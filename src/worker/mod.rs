@@ -417,7 +417,6 @@ impl Worker {
         }
     }
 
-    /// A change of a resource some of our connections may watch.
     /// A long poll of a remotely owned resource answered from what this worker knows,
     /// without a message: `Some(None)` = park (the client is up to date with the newest
     /// change we received, and the owner will send us the next one); `Some(Some(..))` =

@@ -67,6 +67,7 @@ impl SendBufs {
     }
 
     /// Bytes this entry sends (not counting `rest`).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.pieces.iter().map(Bytes::len).sum()
     }

@@ -108,14 +108,6 @@ pub struct WatchTable {
 }
 
 impl WatchTable {
-    pub fn len(&self) -> usize {
-        self.waiters.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.waiters.is_empty()
-    }
-
     /// Whether any waiter watches `path`.
     pub fn watches(&self, path: &str) -> bool {
         self.lists.contains_key(path)

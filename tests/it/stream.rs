@@ -317,9 +317,20 @@ fn subscribe_long_poll_and_plain_answers() {
     w.put("/a", "text/plain", b"a1");
     let mut both = subscribe("multipart/digest;q=0.5, text/html");
     let r = both.read_response();
-    assert_eq!(
-        python_parts(r.header("content-type").unwrap(), &r.body).len(),
-        2
+    let parts = python_parts(r.header("content-type").unwrap(), &r.body);
+    let mut embedded: Vec<String> = parts
+        .iter()
+        .map(|(_, body)| String::from_utf8(body.clone()).unwrap())
+        .collect();
+    embedded.sort();
+    assert_eq!(embedded.len(), 2);
+    assert!(
+        embedded[0].contains("Content-Location: /a") && embedded[0].ends_with("a1"),
+        "{embedded:?}"
+    );
+    assert!(
+        embedded[1].contains("Content-Location: /b") && embedded[1].ends_with("b1"),
+        "{embedded:?}"
     );
     assert_eq!(both.get("/a").text(), "a1");
 
@@ -604,6 +615,24 @@ fn http10_streams_are_close_delimited() {
     assert_eq!(s.next().response().text(), "1");
     w.put("/old", "text/plain", b"2");
     assert_eq!(s.next().response().text(), "2");
+
+    // A replacement stream that ends (its resource deleted) ends with the closing
+    // delimiter and then the connection's close, which delimits the body.
+    let mut x = server.client();
+    x.send("GET /old HTTP/1.0\r\nAccept: multipart/x-mixed-replace\r\n\r\n");
+    let xs = PartStream::open(x);
+    assert!(xs.head.header("transfer-encoding").is_none());
+    assert!(xs.head.header("content-length").is_none());
+    assert_eq!(xs.next().body, b"2");
+    server.wait_metric("halley_open_connections", 3.0);
+    w.delete("/old");
+    xs.expect_end();
+    assert_eq!(
+        s.next().response().status,
+        410,
+        "the digest stream carries on"
+    );
+    server.wait_metric("halley_open_connections", 2.0);
 }
 
 #[test]
@@ -738,6 +767,7 @@ fn one_shot_subscribe_times_out_with_304() {
     let server = Server::start(&["--poll-timeout", "200ms"]);
     let mut c = server.client();
     let body = format!("--S\r\nGET /never\r\nWhen-Modified-After: {EPOCH}\r\n--S--\r\n");
+    let start = std::time::Instant::now();
     let r = c.request(
         "POST",
         "/subscribe",
@@ -745,6 +775,11 @@ fn one_shot_subscribe_times_out_with_304() {
         body.as_bytes(),
     );
     assert_eq!(r.status, 304);
+    assert!(
+        start.elapsed() >= Duration::from_millis(180),
+        "answered after {:?}: it did not wait for the timeout",
+        start.elapsed()
+    );
     assert_eq!(c.get("/never").status, 404, "the connection carries on");
 }
 

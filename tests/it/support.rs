@@ -677,7 +677,8 @@ for part in msg.iter_parts():
     elif isinstance(payload, str):
         payload = payload.encode("utf-8", "surrogateescape")
     out.append([str(part.get("Content-Type")), base64.b64encode(payload).decode()])
-print(json.dumps({"defects": [str(d) for d in msg.defects], "parts": out}))
+defects = [str(d) for d in msg.defects] + [str(d) for p in msg.iter_parts() for d in p.defects]
+print(json.dumps({"defects": defects, "parts": out}))
 "#;
     let mut child = Command::new("python3")
         .args(["-c", script, content_type])
@@ -689,38 +690,22 @@ print(json.dumps({"defects": [str(d) for d in msg.defects], "parts": out}))
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "python failed");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["defects"].as_array().map(Vec::len),
+        Some(0),
+        "Python's MIME parser found defects: {}",
+        v["defects"]
+    );
     v["parts"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| {
-            use base64_decode as d;
-            (
-                p[0].as_str().unwrap().to_string(),
-                d(p[1].as_str().unwrap()),
-            )
+            use base64::Engine;
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(p[1].as_str().unwrap())
+                .expect("base64 from Python");
+            (p[0].as_str().unwrap().to_string(), payload)
         })
         .collect()
-}
-
-/// Minimal standard base64 decoding (for the Python bridge).
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => 0,
-        }
-    };
-    let mut out = Vec::new();
-    for chunk in s.as_bytes().chunks(4) {
-        let n = chunk.iter().fold(0u32, |acc, &c| (acc << 6) | val(c));
-        let pad = chunk.iter().filter(|&&c| c == b'=').count();
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..4 - pad]);
-    }
-    out
 }

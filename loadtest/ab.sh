@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Before/after: the same halley-load scenario against two revisions of halley, in
-# alternating rounds on this machine, medians and the B/A ratio of one result field.
+# alternating rounds on this machine, medians and the B/A ratio of result fields.
 #
-#   loadtest/ab.sh <rev-a> <rev-b> <field> -- <halley-load args...>
+#   loadtest/ab.sh <rev-a> <rev-b> <field>[,<field>...] -- <halley-load args...>
 #
 # Examples:
 #   loadtest/ab.sh a8f142f HEAD deliveries_per_s -- fanout --mode longpoll --subscribers 10000 --resources 100 --duration 10s
 #   loadtest/ab.sh a8f142f HEAD server_bytes_per_parked_poll -- park --conns 10000 --resources 100 --hold 1s
 #
-# <field> is a key of the JSON "results" object halley-load writes (e.g. deliveries_per_s,
-# deliveries_per_server_cpu_s, server_bytes_per_parked_poll). Each revision is built in a git
+# <field> is a key (or a dotted path) of the JSON "results" object halley-load writes (e.g.
+# deliveries_per_s, deliveries_per_server_cpu_s, latency_us.p99_us,
+# server_bytes_per_parked_poll); with several, comma-separated, each gets its row. Each revision is built in a git
 # worktree under $AB_DIR (default /tmp/halley-ab) with its own target directory; the
 # load generator is always the current checkout's. Every server is fresh, stopped after
 # its run; everything is bounded by ROUNDS runs of the scenario's own --duration.
@@ -47,9 +48,14 @@ SERVER_PID=""
 cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 
-run() { # binary label round halley-load-args... -> prints the field
+field() { # json-file field -> the value, or null
+    jq -r ".results.$2 // \"null\"" "$1" 2>/dev/null || echo null
+}
+
+run() { # binary label round halley-load-args... -> prints the first field
     local bin="$1" label="$2" round="$3" out="$AB_DIR/$2-$3.json" ready
     shift 3
+    rm -f "$out"
     "$bin" --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" --threads "$THREADS" \
         --log-level warn > "$AB_DIR/$label-$round.stdout" 2>&1 &
     SERVER_PID=$!
@@ -63,7 +69,7 @@ run() { # binary label round halley-load-args... -> prints the field
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
-    jq -r ".results.$FIELD // \"null\"" "$out" 2>/dev/null || echo null
+    field "$out" "${FIELD%%,*}"
 }
 
 declare -a A B
@@ -78,8 +84,16 @@ for r in $(seq "$ROUNDS"); do
 done
 
 median() { printf '%s\n' "$@" | grep -v null | sort -g | awk '{v[NR]=$1} END {if (NR==0) print "null"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
-MA="$(median "${A[@]}")"; MB="$(median "${B[@]}")"
-echo "field: $FIELD   rounds: $ROUNDS   scenario: $*"
-echo "A $REV_A: ${A[*]}  median $MA"
-echo "B $REV_B: ${B[*]}  median $MB"
-awk -v a="$MA" -v b="$MB" 'BEGIN { if (a+0 != 0) printf "B/A: %.2f\n", b / a }'
+echo "rounds: $ROUNDS   A: $REV_A   B: $REV_B   scenario: $*"
+IFS=',' read -ra FIELDS <<< "$FIELD"
+for f in "${FIELDS[@]}"; do
+    VA=(); VB=()
+    for r in $(seq "$ROUNDS"); do
+        VA+=("$(field "$AB_DIR/a-$r.json" "$f")"); VB+=("$(field "$AB_DIR/b-$r.json" "$f")")
+    done
+    MA="$(median "${VA[@]}")"; MB="$(median "${VB[@]}")"
+    echo "$f"
+    echo "  A: ${VA[*]}  median $MA"
+    echo "  B: ${VB[*]}  median $MB"
+    awk -v a="$MA" -v b="$MB" 'BEGIN { if (a+0 != 0) printf "  B/A: %.2f\n", b / a }'
+done

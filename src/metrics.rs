@@ -12,9 +12,9 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 
 /// Status codes counted individually; anything else falls into `other`.
-const STATUS_CODES: [u16; 22] = [
-    100, 200, 201, 204, 206, 304, 400, 404, 405, 408, 409, 410, 413, 414, 415, 416, 417, 431, 501,
-    503, 505, 500,
+const STATUS_CODES: [u16; 26] = [
+    100, 200, 201, 204, 206, 304, 400, 401, 403, 404, 405, 408, 409, 410, 413, 414, 415, 416, 417,
+    429, 431, 500, 501, 503, 505, 507,
 ];
 
 /// Why a request or connection was refused (the `reason` label of

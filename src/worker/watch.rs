@@ -203,3 +203,16 @@ impl WatchTable {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-parked-poll figure in `docs/architecture.md` ("Memory of a parked long
+    /// poll"): a waiter, its connection inline, stays within 152 bytes.
+    #[test]
+    fn a_waiter_stays_small() {
+        let size = std::mem::size_of::<Waiter>();
+        assert!(size <= 152, "Waiter is {size} bytes");
+    }
+}

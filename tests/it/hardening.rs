@@ -156,6 +156,8 @@ fn authentication_outcomes() {
     assert_eq!(r.status, 401);
     let r = sender.request("GET", "/quotes/ACME", &[("Authorization", &feed)], b"");
     assert_eq!((r.status, r.text().as_str()), (200, "1"));
+    assert_eq!(server.metric("halley_requests_total{code=\"401\"}"), 6.0);
+    assert_eq!(server.metric("halley_requests_total{code=\"403\"}"), 2.0);
 }
 
 #[test]

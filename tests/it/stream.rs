@@ -14,6 +14,25 @@ fn open(server: &Server, path: &str, accept: &str, headers: &[(&str, &str)]) -> 
     PartStream::open(c)
 }
 
+/// One worker with 16 KiB stream budgets and socket send buffers: a reader that does
+/// not read stalls its stream quickly.
+const SMALL_BUFFERS: [&str; 6] = [
+    "--stream-buffer",
+    "16KiB",
+    "--stream-sndbuf",
+    "16KiB",
+    "--threads",
+    "1",
+];
+
+/// A client with a 4 KiB receive buffer (a tiny window when it does not read).
+fn small_window_client(server: &Server) -> Client {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&server.addr.into()).unwrap();
+    Client::from_stream(sock.into())
+}
+
 /// Rebuilds a representation from the digest parts of a `bytes`-range stream,
 /// checking each part continues exactly where the previous one ended.
 struct Rebuilt {
@@ -460,23 +479,12 @@ fn a_stalled_reader_is_summarised_and_does_not_hold_back_a_fast_one() {
     const BUDGET: usize = 16 * 1024;
     const PARTS: usize = 300;
     const SIZE: usize = 8 * 1024;
-    let server = Server::start(&[
-        "--stream-buffer",
-        "16KiB",
-        "--stream-sndbuf",
-        "16KiB",
-        "--threads",
-        "1",
-    ]);
+    let server = Server::start(&SMALL_BUFFERS);
     let mut w = server.client();
     w.put("/big", "text/plain", b"");
 
     // The stalled reader: a tiny receive window, and it does not read.
-    let stalled_sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    stalled_sock.set_recv_buffer_size(4096).unwrap();
-    stalled_sock.connect(&server.addr.into()).unwrap();
-    let mut stalled = Client::from_stream(stalled_sock.into());
+    let mut stalled = small_window_client(&server);
     stalled.send_request(
         "GET",
         "/big",
@@ -712,11 +720,7 @@ fn memory_stays_bounded_with_a_thousand_stalled_readers() {
     }
     let readers: Vec<Client> = (0..READERS)
         .map(|i| {
-            let sock =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            sock.set_recv_buffer_size(4096).unwrap();
-            sock.connect(&server.addr.into()).unwrap();
-            let mut c = Client::from_stream(sock.into());
+            let mut c = small_window_client(&server);
             let path = format!("/s/{}", i % RESOURCES);
             c.send_request(
                 "GET",
@@ -785,20 +789,10 @@ fn one_shot_subscribe_times_out_with_304() {
 
 #[test]
 fn a_stream_ending_under_a_stalled_reader_closes_when_the_reader_leaves() {
-    let server = Server::start(&[
-        "--stream-buffer",
-        "16KiB",
-        "--stream-sndbuf",
-        "16KiB",
-        "--threads",
-        "1",
-    ]);
+    let server = Server::start(&SMALL_BUFFERS);
     let mut w = server.client();
     w.put("/frame", "text/plain", b"");
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&server.addr.into()).unwrap();
-    let mut stalled = Client::from_stream(sock.into());
+    let mut stalled = small_window_client(&server);
     stalled.send_request(
         "GET",
         "/frame",

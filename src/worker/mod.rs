@@ -200,20 +200,34 @@ impl Worker {
 
     /// Applies a write to this worker's shard, publishes the change, returns the reply.
     pub fn apply_write(self: &Rc<Self>, path: &str, op: WriteOp) -> Reply {
+        let (reply, event) = self.store_write(path, op);
+        if let Some(event) = event {
+            self.publish(event);
+        }
+        reply
+    }
+
+    /// Applies a write to the store without publishing its change (the caller
+    /// publishes, after answering the writer when the writer is on another worker).
+    fn store_write(&self, path: &str, op: WriteOp) -> (Reply, Option<Arc<ChangeEvent>>) {
         let applied = self.store.borrow_mut().write(path, op, Timestamp::now());
         if applied.reply.status == 507 {
             self.metrics().reject(Rejection::StorageFull);
         }
-        if let Some(event) = applied.event {
-            self.publish(event);
-        }
-        applied.reply
+        (applied.reply, applied.event)
     }
 
     /// Applies a batch's writes for this shard, in order, then publishes their changes
     /// together (one message per watching worker), so a subscriber watching several of
     /// the changed resources gets all their parts in one write.
     pub fn apply_batch(self: &Rc<Self>, ops: Vec<(Box<str>, WriteOp)>) -> Vec<Reply> {
+        let (replies, events) = self.store_batch(ops);
+        self.publish_all(events);
+        replies
+    }
+
+    /// [`Worker::apply_batch`] without publishing.
+    fn store_batch(&self, ops: Vec<(Box<str>, WriteOp)>) -> (Vec<Reply>, Vec<Arc<ChangeEvent>>) {
         let mut events = Vec::new();
         let mut replies = Vec::with_capacity(ops.len());
         for (path, op) in ops {
@@ -226,8 +240,7 @@ impl Worker {
             reply.content_location = Some(bytes::Bytes::copy_from_slice(path.as_bytes()));
             replies.push(reply);
         }
-        self.publish_all(events);
-        replies
+        (replies, events)
     }
 
     fn publish_all(self: &Rc<Self>, events: Vec<Arc<ChangeEvent>>) {
@@ -240,17 +253,15 @@ impl Worker {
                 per_worker[w].push(event.clone());
             }
         }
+        // Other workers first, so they fan out while this one does.
+        let local = std::mem::take(&mut per_worker[self.id]);
         for (w, events) in per_worker.into_iter().enumerate() {
-            if events.is_empty() {
-                continue;
-            }
-            if w == self.id {
-                for event in &events {
-                    self.handle_change(event);
-                }
-            } else {
+            if !events.is_empty() {
                 self.send(w, Msg::ChangedMany(events));
             }
+        }
+        for event in &local {
+            self.handle_change(event);
         }
     }
 
@@ -258,12 +269,17 @@ impl Worker {
     fn publish(self: &Rc<Self>, event: Arc<ChangeEvent>) {
         self.metrics().changes_published.fetch_add(1, Relaxed);
         let set = self.interest.borrow().get(&event.path).copied();
+        let mut local = false;
+        // Other workers first, so they fan out while this one does.
         for w in set.iter().flat_map(WorkerSet::iter) {
             if w == self.id {
-                self.handle_change(&event);
+                local = true;
             } else {
                 self.send(w, Msg::Changed(event.clone()));
             }
+        }
+        if local {
+            self.handle_change(&event);
         }
     }
 
@@ -574,9 +590,14 @@ impl Worker {
 
     fn handle_msg(self: &Rc<Self>, msg: Msg) {
         match msg {
+            // The writer is answered before its change fans out: a publisher's next
+            // request does not wait behind every subscriber's write.
             Msg::Write { path, op, reply } => {
-                let r = self.apply_write(&path, op);
+                let (r, event) = self.store_write(&path, op);
                 let _ = reply.send(r);
+                if let Some(event) = event {
+                    self.publish(event);
+                }
             }
             Msg::Get {
                 path,
@@ -605,7 +626,9 @@ impl Worker {
                 }
             }
             Msg::Batch { ops, reply } => {
-                let _ = reply.send(self.apply_batch(ops));
+                let (replies, events) = self.store_batch(ops);
+                let _ = reply.send(replies);
+                self.publish_all(events);
             }
             Msg::Shutdown => self.begin_drain(),
         }

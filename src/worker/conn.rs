@@ -178,7 +178,8 @@ impl Task {
             return Ok(());
         }
         let pieces = std::mem::take(&mut self.out.pieces);
-        let n = super::send::send_all(&self.conn.stream, pieces).await?;
+        let stream = &self.conn.stream;
+        let n = super::send::send_all(stream.as_raw_fd(), stream, pieces).await?;
         self.worker.metrics().bytes_written.fetch_add(n, Relaxed);
         Ok(())
     }

@@ -5,21 +5,23 @@
 //! [`SendBufs`] lays a send out for the kernel: the shared `Bytes` pieces (never
 //! copied), their iovecs and the message header. [`send_all`] submits it on
 //! tokio-uring's ring through its escape hatch (`UnsubmittedOneshot`): the operation
-//! owns the buffers and an `Rc` of the socket, so even if the future is dropped the
-//! kernel never sees freed memory or a descriptor that was closed and reused before the
-//! operation was issued.
+//! owns the buffers and a reference-counted owner of the socket (the socket itself, or
+//! the connection holding it), so even if the future is dropped the kernel never sees
+//! freed memory or a descriptor that was closed and reused before the operation was
+//! issued. The descriptor number is passed alongside, so that a stream's send reads it
+//! from the (hot) group instead of chasing the owner's pointers: with thousands of
+//! streams every pointer hop per delivery is a cache miss.
 //!
 //! (Stream sends were also tried on the worker's own ring, completions handled without
 //! a task each: the same CPU per delivery and 12% fewer deliveries/s, so reverted; see
 //! docs/benchmarks.md.)
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Rc;
+use std::marker::PhantomData;
+use std::os::fd::RawFd;
 
 use bytes::{Buf, Bytes};
 use io_uring::{cqueue, opcode, squeue, types};
-use tokio_uring::net::TcpStream;
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 /// Most iovecs handed to one `sendmsg` (the kernel's `IOV_MAX`).
@@ -117,19 +119,20 @@ impl SendBufs {
     }
 }
 
-/// What an in-flight send on tokio-uring's ring keeps alive.
-struct OneshotSend {
-    _stream: Rc<TcpStream>,
+/// What an in-flight send on tokio-uring's ring keeps alive: the buffers, and `K`, a
+/// reference to what owns the socket.
+struct OneshotSend<K> {
+    _owner: K,
     bufs: SendBufs,
 }
 
-struct SendDone;
+struct SendDone<K>(PhantomData<K>);
 
-impl OneshotOutputTransform for SendDone {
+impl<K> OneshotOutputTransform for SendDone<K> {
     type Output = (io::Result<usize>, SendBufs);
-    type StoredData = OneshotSend;
+    type StoredData = OneshotSend<K>;
 
-    fn transform_oneshot_output(self, data: OneshotSend, cqe: cqueue::Entry) -> Self::Output {
+    fn transform_oneshot_output(self, data: OneshotSend<K>, cqe: cqueue::Entry) -> Self::Output {
         let res = cqe.result();
         let out = if res >= 0 {
             Ok(res as usize)
@@ -140,19 +143,24 @@ impl OneshotOutputTransform for SendDone {
     }
 }
 
-/// Sends every piece on a connection task's behalf, handling short sends.
-pub async fn send_all(stream: &Rc<TcpStream>, pieces: Vec<Bytes>) -> io::Result<u64> {
+/// Sends every piece on socket `fd`, handling short sends. `owner` keeps the socket
+/// open: each operation holds a clone of it until the kernel completes it.
+pub async fn send_all<K: Clone + Unpin + 'static>(
+    fd: RawFd,
+    owner: &K,
+    pieces: Vec<Bytes>,
+) -> io::Result<u64> {
     let mut total = 0u64;
     let mut next = Some(SendBufs::new(pieces));
     while let Some(bufs) = next.take().filter(|b| !b.is_empty()) {
-        let entry = bufs.entry(stream.as_raw_fd());
-        // The entry points into `bufs`, which the operation owns (with the socket) until
-        // the kernel completes it, even if this future is dropped.
+        let entry = bufs.entry(fd);
+        // The entry points into `bufs`, which the operation owns (with the socket's
+        // owner) until the kernel completes it, even if this future is dropped.
         let data = OneshotSend {
-            _stream: stream.clone(),
+            _owner: owner.clone(),
             bufs,
         };
-        let (res, bufs) = UnsubmittedOneshot::new(data, SendDone, entry)
+        let (res, bufs) = UnsubmittedOneshot::new(data, SendDone(PhantomData), entry)
             .submit()
             .await;
         let n = res?;

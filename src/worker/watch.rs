@@ -1,8 +1,11 @@
 //! Slab-indexed wait lists: the parked long polls of one worker.
 //!
-//! A parked request is one [`Waiter`] in a slab, linked into the doubly linked list of
-//! the resource it waits on (links are slab keys, so unlinking is O(1) and a resource
-//! with waiters costs one small list head). A waiter owns its connection while parked:
+//! A parked request is one [`Waiter`] in a slab, listed in the array of waiter ids of
+//! the resource it waits on; the waiter knows its position there, so removal is O(1)
+//! (swap with the last). A change walks the array, not the waiters: the ids are
+//! contiguous, and the waiters they name are independent loads the CPU can overlap
+//! (a linked list would make every cold waiter wait for the previous one's miss).
+//! A waiter owns its connection while parked:
 //! no task, no timer, no read buffer; the connection's task ended when it parked and a
 //! new one is spawned when the waiter is answered.
 //!
@@ -25,8 +28,6 @@ use super::group::GroupId;
 use crate::http::range::RangeSpec;
 use crate::http::response::Persistence;
 use crate::time::Timestamp;
-
-const NIL: u32 = u32::MAX;
 
 /// A waiter's identity: slab key plus generation, so stale references (a hang-up or a
 /// deadline for a waiter already answered) never touch the waiter that reused the key.
@@ -73,14 +74,14 @@ pub enum Holder {
     Group(GroupId),
 }
 
-/// `repr(C)`, in this order: walking a wait list and answering a change read the
-/// fields at the front (the identity and links, the state, the query, the holder), so
-/// a delivery touches as few of a cold waiter's cache lines as it can.
+/// `repr(C)`, in this order: answering a change reads the fields at the front (the
+/// generation, the state, the query, the holder), so a delivery touches as few of a
+/// cold waiter's cache lines as it can.
 #[repr(C)]
 pub struct Waiter {
     gen: u32,
-    next: u32,
-    prev: u32,
+    /// Index of this waiter's id in its path's list.
+    pos: u32,
     pub state: WaitState,
     pub query: WaitQuery,
     pub holder: Holder,
@@ -97,17 +98,11 @@ impl Waiter {
     }
 }
 
-#[derive(Clone, Copy)]
-struct List {
-    head: u32,
-    len: u32,
-}
-
 /// Every waiter of one worker, grouped by resource.
 #[derive(Default)]
 pub struct WatchTable {
     waiters: Slab<Waiter>,
-    lists: HashMap<Arc<str>, List>,
+    lists: HashMap<Arc<str>, Vec<WaiterId>>,
     next_gen: u32,
 }
 
@@ -127,26 +122,28 @@ impl WatchTable {
     ) -> WaiterId {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
-        let list = self.lists.get(&path).copied();
-        let (path, old_head) = match list {
-            Some(l) => (self.waiters[l.head as usize].path.clone(), l.head),
-            None => (path, NIL),
-        };
-        let key = self.waiters.insert(Waiter {
+        let entry = self.waiters.vacant_entry();
+        let id = WaiterId {
+            key: entry.key() as u32,
             gen,
-            path: path.clone(),
-            prev: NIL,
-            next: old_head,
+        };
+        // One shared key per path: every waiter of it holds the same `Arc`.
+        let path = match self.lists.get_key_value(&path) {
+            Some((key, _)) => key.clone(),
+            None => path,
+        };
+        let list = self.lists.entry(path.clone()).or_default();
+        let pos = list.len() as u32;
+        list.push(id);
+        entry.insert(Waiter {
+            gen,
+            pos,
             state,
             query,
             holder,
-        }) as u32;
-        if old_head != NIL {
-            self.waiters[old_head as usize].prev = key;
-        }
-        let len = list.map_or(0, |l| l.len) + 1;
-        self.lists.insert(path, List { head: key, len });
-        WaiterId { key, gen }
+            path,
+        });
+        id
     }
 
     pub fn get(&self, id: WaiterId) -> Option<&Waiter> {
@@ -165,35 +162,29 @@ impl WatchTable {
     pub fn remove(&mut self, id: WaiterId) -> Option<Waiter> {
         self.get(id)?;
         let w = self.waiters.remove(id.key as usize);
-        if w.prev != NIL {
-            self.waiters[w.prev as usize].next = w.next;
-        }
-        if w.next != NIL {
-            self.waiters[w.next as usize].prev = w.prev;
-        }
         if let Some(list) = self.lists.get_mut(&w.path) {
-            list.len -= 1;
-            if list.head == id.key {
-                list.head = w.next;
+            let pos = w.pos as usize;
+            if list.get(pos) == Some(&id) {
+                list.swap_remove(pos);
+                if let Some(moved) = list.get(pos) {
+                    if let Some(m) = self.waiters.get_mut(moved.key as usize) {
+                        m.pos = pos as u32;
+                    }
+                }
             }
-            if list.len == 0 {
+            if list.is_empty() {
                 self.lists.remove(&w.path);
+            } else if list.capacity() > 64 && list.len() < list.capacity() / 4 {
+                list.shrink_to(list.len() * 2);
             }
         }
         Some(w)
     }
 
-    /// The waiters of `path`, newest first (`None` when nobody here watches it).
+    /// The waiters of `path`, in no particular order (`None` when nobody here watches
+    /// it).
     pub fn ids_for(&self, path: &str) -> Option<Vec<WaiterId>> {
-        let list = self.lists.get(path)?;
-        let mut ids = Vec::with_capacity(list.len as usize);
-        let mut k = list.head;
-        while k != NIL {
-            let w = &self.waiters[k as usize];
-            ids.push(WaiterId { key: k, gen: w.gen });
-            k = w.next;
-        }
-        Some(ids)
+        self.lists.get(path).cloned()
     }
 
     /// Every waiter id (shutdown).
@@ -218,5 +209,62 @@ mod tests {
     fn a_waiter_stays_small() {
         let size = std::mem::size_of::<Waiter>();
         assert!(size <= 152, "Waiter is {size} bytes");
+    }
+
+    fn add(t: &mut WatchTable, path: &str, k: u32) -> WaiterId {
+        t.insert(
+            Arc::from(path),
+            WaitState::Pending,
+            WaitQuery {
+                t: Timestamp::ZERO,
+                range: None,
+            },
+            Holder::Group(GroupId::detached(k)),
+        )
+    }
+
+    fn sorted(mut v: Vec<WaiterId>) -> Vec<(u32, u32)> {
+        v.sort_by_key(|id| (id.key, id.gen));
+        v.into_iter().map(|id| (id.key, id.gen)).collect()
+    }
+
+    /// Removing waiters in any order (first, middle, last of a list) keeps every list
+    /// exactly the set of its remaining waiters, and a list goes when it empties.
+    #[test]
+    fn wait_lists_follow_inserts_and_removals() {
+        let mut t = WatchTable::default();
+        let a: Vec<WaiterId> = (0..6).map(|k| add(&mut t, "/a", k)).collect();
+        let b: Vec<WaiterId> = (0..3).map(|k| add(&mut t, "/b", k)).collect();
+        // Every waiter of a path shares one key.
+        let key = t.get(a[0]).map(|w| w.path().clone());
+        assert!(key.is_some_and(|k| Arc::ptr_eq(&k, t.get(a[5]).unwrap().path())));
+        let mut left_a = a.clone();
+        for victim in [a[2], a[0], a[5], a[3]] {
+            assert!(t.remove(victim).is_some());
+            assert!(t.remove(victim).is_none(), "removed twice");
+            left_a.retain(|id| *id != victim);
+            assert_eq!(
+                sorted(t.ids_for("/a").unwrap_or_default()),
+                sorted(left_a.clone())
+            );
+        }
+        assert_eq!(
+            sorted(t.ids_for("/b").unwrap_or_default()),
+            sorted(b.clone())
+        );
+        // A new waiter reusing a freed slot joins the right list; stale ids miss.
+        let c = add(&mut t, "/a", 9);
+        assert!(t.get(a[2]).is_none());
+        left_a.push(c);
+        assert_eq!(
+            sorted(t.ids_for("/a").unwrap_or_default()),
+            sorted(left_a.clone())
+        );
+        for id in left_a {
+            t.remove(id);
+        }
+        assert!(!t.watches("/a"));
+        assert!(t.ids_for("/a").is_none());
+        assert!(t.watches("/b"));
     }
 }

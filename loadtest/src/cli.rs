@@ -14,7 +14,8 @@ use std::time::Duration;
 Scenarios: `park` holds long polls and measures the server's memory per parked \
 connection; `fanout` publishes numbered records and verifies every delivery \
 (lost/duplicated/out-of-order) with latency percentiles; `publish` measures write \
-throughput; `ticker` runs a stock-ticker feed as a live demo.\n\n\
+throughput; `ticker` runs a stock-ticker feed as a live demo; `baseline-server` is a \
+minimal reference server for the chunked-stream scenario (a benchmark ceiling).\n\n\
 A progress line goes to stderr every second, the final table to stdout, and \
 `--json FILE` writes every result. Only loopback targets are meant to be loaded."
 )]
@@ -33,6 +34,16 @@ pub enum Cmd {
     Publish(PublishArgs),
     /// A stock-ticker feed (quotes PUT to /quotes/<SYM>, trades POSTed to /tape) for demos.
     Ticker(TickerArgs),
+    /// A minimal reference server (the benchmark ceiling): Nchan's chunked-stream subset,
+    /// each pre-encoded chunk written once per subscriber.
+    ///
+    /// It speaks the subset of Nchan's protocol that `fanout --target nchan --mode stream`
+    /// (chunked form, the default) uses: `GET /sub/<ch>`, answered at once with a chunked
+    /// 200, after which every message published to <ch> is one chunk; `POST /pub/<ch>` with
+    /// a Content-Length body, answered 202 (keep-alive, pipelining). No history, no other
+    /// forms; anything else is refused and the connection closed. One thread per core, each
+    /// with its own io_uring and SO_REUSEPORT listener. Runs until killed.
+    BaselineServer(BaselineArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,6 +311,17 @@ pub struct TickerArgs {
     /// Path prefix for the feed (`<base>/quotes/<SYM>`, `<base>/tape`); empty = at the root.
     #[arg(long, default_value = "")]
     pub base: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BaselineArgs {
+    /// Address to listen on (every thread binds it with SO_REUSEPORT).
+    #[arg(long, default_value = "127.0.0.1:8090", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// Worker threads, each with its own io_uring and listener [default: number of CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //!
 //! One current-thread tokio runtime per process (the machine is small and shared with
 //! the server); `--procs N` runs N worker processes coordinated by this one. See
-//! `loadtest/README.md`.
+//! `loadtest/README.md`. `baseline-server` (a minimal reference server) runs outside the
+//! runtime, on its own threads.
 
+mod baseline;
 mod cli;
 mod clock;
 mod fanout;
@@ -76,12 +78,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             None => publish::run(a).await,
         },
         Cmd::Ticker(a) => ticker::run(a).await,
+        Cmd::BaselineServer(_) => anyhow::bail!("baseline-server does not run in the runtime"),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     raise_nofile();
+    // The baseline server has its own threads and io_urings: no tokio runtime.
+    if let Cmd::BaselineServer(a) = &cli.cmd {
+        return match baseline::run(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("halley-load: error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

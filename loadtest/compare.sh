@@ -27,6 +27,10 @@
 #   LOAD_PROCS [1]        halley-load --procs
 #   HALLEY_PORT [18080] HALLEY_METRICS_PORT [18090] NCHAN_PORT [18081]
 #   NCHAN_BUFFER [1000]   nchan_message_buffer_length (messages kept per channel)
+#   BASELINE [1]          also run the stream scenarios (fanout, fixed) against
+#                         `halley-load baseline-server`, the minimal frame-writing server
+#                         (Nchan's chunked-stream protocol, nothing else): the ceiling column
+#   BASELINE_PORT [18082]
 #   RESULTS_DIR [a new temporary folder; kept]
 set -euo pipefail
 
@@ -56,6 +60,8 @@ HALLEY_PORT="${HALLEY_PORT:-18080}"
 HALLEY_METRICS_PORT="${HALLEY_METRICS_PORT:-18090}"
 NCHAN_PORT="${NCHAN_PORT:-18081}"
 NCHAN_BUFFER="${NCHAN_BUFFER:-1000}"
+BASELINE="${BASELINE:-1}"
+BASELINE_PORT="${BASELINE_PORT:-18082}"
 RUN_TIMEOUT=300   # seconds: hard bound on any single load run
 
 log() { echo "compare: $*" >&2; }
@@ -87,6 +93,15 @@ log "work folder $WORK, results in $RESULTS_DIR"
 # --- servers -----------------------------------------------------------------------------
 HALLEY_PID=""
 NGINX_MASTER=""
+BASELINE_PID=""
+
+stop_baseline() {
+    if [ -n "$BASELINE_PID" ] && kill -0 "$BASELINE_PID" 2>/dev/null; then
+        kill "$BASELINE_PID" 2>/dev/null || true
+        wait "$BASELINE_PID" 2>/dev/null || true
+    fi
+    BASELINE_PID=""
+}
 
 stop_halley() {
     if [ -n "$HALLEY_PID" ] && kill -0 "$HALLEY_PID" 2>/dev/null; then
@@ -112,6 +127,7 @@ stop_nginx() {
 cleanup() {
     stop_halley
     stop_nginx
+    stop_baseline
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -127,6 +143,18 @@ start_halley() {
         sleep 0.1
     done
     log "halley did not start:"; cat "$WORK/halley.err" >&2; exit 1
+}
+
+start_baseline() {
+    local err="$WORK/baseline.err"
+    "$LOAD" baseline-server --listen "127.0.0.1:$BASELINE_PORT" --threads "$THREADS" 2>"$err" &
+    BASELINE_PID=$!
+    for _ in $(seq 100); do
+        grep -q "listening on" "$err" 2>/dev/null && return 0
+        kill -0 "$BASELINE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "baseline-server did not start:"; cat "$err" >&2; exit 1
 }
 
 start_nginx() {
@@ -153,6 +181,7 @@ start_nginx() {
 pid_flags() {
     case "$1" in
         halley) echo "--server-pid $HALLEY_PID" ;;
+        baseline) echo "--server-pid $BASELINE_PID" ;;
         nchan)
             local f="--server-pid $NGINX_MASTER"
             for p in $(pgrep -P "$NGINX_MASTER"); do f="$f --server-pid $p"; done
@@ -164,6 +193,8 @@ target_flags() {
     case "$1" in
         halley) echo "--target halley --addr 127.0.0.1:$HALLEY_PORT" ;;
         nchan) echo "--target nchan --addr 127.0.0.1:$NCHAN_PORT" ;;
+        # The baseline speaks Nchan's chunked-stream protocol.
+        baseline) echo "--target nchan --addr 127.0.0.1:$BASELINE_PORT" ;;
     esac
 }
 
@@ -195,7 +226,7 @@ run_one() {
     local sc="$1" srv="$2" round="$3"
     local json="$RESULTS_DIR/$sc-$srv-$round.json"
     local logf="$RESULTS_DIR/$sc-$srv-$round.log"
-    case "$srv" in halley) start_halley ;; nchan) start_nginx ;; esac
+    case "$srv" in halley) start_halley ;; nchan) start_nginx ;; baseline) start_baseline ;; esac
     [ "$srv" = halley ] && [ "$HALLEY_BATCH" = unknown ] && probe_batch
     local common
     common="$(target_flags "$srv") $(pid_flags "$srv") --procs $LOAD_PROCS --json $json"
@@ -226,13 +257,18 @@ run_one() {
         log "  exit $rc ($( [ "$rc" = 2 ] && echo 'verification or errors: see log' || echo 'failed'))"
         tail -n 5 "$logf" | sed 's/^/    /' >&2
     fi
-    case "$srv" in halley) stop_halley ;; nchan) stop_nginx ;; esac
+    case "$srv" in halley) stop_halley ;; nchan) stop_nginx ;; baseline) stop_baseline ;; esac
 }
 
 for round in $(seq "$ROUNDS"); do
     for sc in $SCENARIOS; do
-        if [ $(( round % 2 )) -eq 1 ]; then order="halley nchan"; else order="nchan halley"; fi
-        for srv in $order; do run_one "$sc" "$srv" "$round"; done
+        servers=(halley nchan)
+        case "$sc" in fanout|fixed) [ "$BASELINE" = 1 ] && servers+=(baseline) ;; esac
+        # Rotate the order every round, to cancel drift on a shared machine.
+        n=${#servers[@]}
+        for i in $(seq 0 $(( n - 1 ))); do
+            run_one "$sc" "${servers[$(( (i + round - 1) % n ))]}" "$round"
+        done
     done
 done
 
@@ -257,12 +293,13 @@ SUMMARY="$RESULTS_DIR/summary.txt"
 {
     echo
     echo "halley vs Nchan: medians of $ROUNDS round(s), $THREADS server thread(s)/worker(s), $(nproc) cores shared with the load generator"
-    printf '%-70s %12s %12s %8s\n' "scenario: metric" "halley" "nchan" "h/n"
-    printf '%-70s %12s %12s %8s\n' "----------------" "------" "-----" "---"
+    printf '%-70s %12s %12s %8s %12s %8s %8s\n' "scenario: metric" "halley" "nchan" "h/n" "baseline" "base/n" "h/base"
+    printf '%-70s %12s %12s %8s %12s %8s %8s\n' "----------------" "------" "-----" "---" "--------" "------" "------"
     row() { # label scenario jq-expression better(higher|lower)
-        local h n
-        h=$(median "$2" halley "$3"); n=$(median "$2" nchan "$3")
-        printf '%-70s %12s %12s %8s\n' "$1 ($4 is better)" "$(fmt "$h")" "$(fmt "$n")" "$(ratio "$h" "$n")"
+        local h n b
+        h=$(median "$2" halley "$3"); n=$(median "$2" nchan "$3"); b=$(median "$2" baseline "$3")
+        printf '%-70s %12s %12s %8s %12s %8s %8s\n' "$1 ($4 is better)" "$(fmt "$h")" "$(fmt "$n")" "$(ratio "$h" "$n")" \
+            "$(fmt "$b")" "$(ratio "$b" "$n")" "$(ratio "$h" "$b")"
     }
     for sc in $SCENARIOS; do
         case "$sc" in
@@ -306,5 +343,6 @@ SUMMARY="$RESULTS_DIR/summary.txt"
     else
         echo "halley portfolio publisher: POST /batch of $PF_BATCH changes; Nchan: $PF_BATCH pipelined POSTs per write."
     fi
+    [ "$BASELINE" = 1 ] && echo "baseline = halley-load baseline-server: each published chunk written once per subscriber (Nchan's chunked-stream protocol), the ceiling of the stream rows."
     echo "Per-run logs and JSON: $RESULTS_DIR"
 } | tee "$SUMMARY"

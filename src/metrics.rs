@@ -44,6 +44,20 @@ const REJECTIONS: [(Rejection, &str); 9] = [
     (Rejection::StorageFull, "storage_full"),
 ];
 
+/// Adds `n` to a counter of the calling worker's own block. Only that worker ever
+/// writes it, so a plain load and store is exact, and cheaper on the delivery path than
+/// a locked read-modify-write; scrapes read it with a relaxed load as before.
+#[inline]
+pub fn add_own(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// [`add_own`] for a gauge (`n` may be negative).
+#[inline]
+pub fn add_own_i64(gauge: &AtomicI64, n: i64) {
+    gauge.store(gauge.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
 /// Upper bounds (µs) of the publish-to-write latency buckets.
 const LATENCY_BUCKETS_US: [u64; 17] = [
     10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
@@ -60,15 +74,16 @@ pub struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
+    /// Records one latency; only the worker owning this histogram calls it.
     pub fn observe(&self, d: Duration) {
         let us = d.as_micros() as u64;
         let i = LATENCY_BUCKETS_US
             .iter()
             .position(|&b| us <= b)
             .unwrap_or(LATENCY_BUCKETS_US.len());
-        self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(d.as_nanos() as u64, Relaxed);
-        self.count.fetch_add(1, Relaxed);
+        add_own(&self.buckets[i], 1);
+        add_own(&self.sum_ns, d.as_nanos() as u64);
+        add_own(&self.count, 1);
     }
 }
 

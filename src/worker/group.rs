@@ -36,6 +36,7 @@ use crate::http::accept::StreamForm;
 use crate::http::frame::{Boundary, Frame};
 use crate::http::range::{ContentRange, RangeSpec};
 use crate::http::response::{Persistence, Reply};
+use crate::metrics::{add_own, add_own_i64};
 use crate::store::event::Replacement;
 use crate::store::{Answer, ChangeEvent, Shaped};
 use crate::time::Timestamp;
@@ -512,10 +513,9 @@ impl Worker {
             };
             g.queued += len;
             g.active = true;
-            self.metrics()
-                .stream_buffered_bytes
-                .fetch_add(len as i64, Relaxed);
-            self.metrics().stream_parts.fetch_add(1, Relaxed);
+            let m = self.metrics();
+            add_own_i64(&m.stream_buffered_bytes, len as i64);
+            add_own(&m.stream_parts, 1);
             !std::mem::replace(&mut g.writing, true)
         };
         if spawn {
@@ -549,28 +549,26 @@ impl Worker {
                     std::mem::take(&mut g.born),
                 )
             };
-            self.metrics().stream_writes.fetch_add(1, Relaxed);
+            add_own(&self.metrics().stream_writes, 1);
             let result = super::send::send_all(fd, &conn, pieces).await;
-            self.metrics()
-                .stream_buffered_bytes
-                .fetch_sub(n as i64, Relaxed);
-            let below_half = {
+            add_own_i64(&self.metrics().stream_buffered_bytes, -(n as i64));
+            let catch_up = {
                 let mut groups = self.groups.borrow_mut();
                 let Some(g) = groups.get_mut(gid) else { return };
                 g.in_flight = 0;
-                g.queued < self.config().stream_buffer_bytes / 2
+                !g.dirty.is_empty() && g.queued < self.config().stream_buffer_bytes / 2
             };
             match result {
                 Ok(written) => {
                     let m = self.metrics();
-                    m.bytes_written.fetch_add(written, Relaxed);
+                    add_own(&m.bytes_written, written);
                     for b in born {
                         m.latency.observe(b.elapsed());
                     }
                 }
                 Err(_) => return self.end_group(gid, End::Abort),
             }
-            if below_half && !ending {
+            if catch_up && !ending {
                 self.catch_up(gid);
             }
         }

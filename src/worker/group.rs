@@ -95,7 +95,10 @@ pub struct Group {
     in_flight: usize,
     // Stream state.
     queue: Vec<Bytes>,
-    conn: Rc<Connection>,
+    /// A second reference to `conn` (streams), lent to each send in flight to keep the
+    /// socket open and put back after: moving it touches no reference count, which
+    /// would be a cache miss on the connection per delivery.
+    spare: Option<Rc<Connection>>,
     mode: GroupMode,
     /// Chunked transfer (HTTP/1.1) or a raw body closed by the connection (HTTP/1.0).
     chunked: bool,
@@ -106,10 +109,11 @@ pub struct Group {
     active: bool,
     head_only: bool,
     persistence: Persistence,
+    dirty: Vec<WaiterId>,
     /// When the changes of the queued parts were stamped (latency metric).
     born: Vec<Instant>,
+    conn: Rc<Connection>,
     subs: Vec<WaiterId>,
-    dirty: Vec<WaiterId>,
     last_replacement: Option<Frame>,
     // One-shot state.
     awaiting: usize,
@@ -223,10 +227,13 @@ impl Worker {
             let mut groups = self.groups.borrow_mut();
             groups.next_gen = groups.next_gen.wrapping_add(1);
             let gen = groups.next_gen;
+            let conn = Rc::new(conn);
             let key = groups.slab.insert(Group {
                 gen,
                 fd,
-                conn: Rc::new(conn),
+                // Not for one-shot groups, whose connection is unwrapped when answered.
+                spare: matches!(mode, GroupMode::Stream(_)).then(|| conn.clone()),
+                conn,
                 mode,
                 chunked,
                 persistence,
@@ -527,7 +534,7 @@ impl Worker {
     /// Writes a group's queue until it is empty, then exits.
     async fn stream_writer(self: Rc<Self>, gid: GroupId) {
         loop {
-            let (fd, conn, pieces, n, ending, born) = {
+            let (fd, keep, pieces, n, ending, born) = {
                 let mut groups = self.groups.borrow_mut();
                 let Some(g) = groups.get_mut(gid) else { return };
                 if g.queue.is_empty() {
@@ -542,7 +549,7 @@ impl Worker {
                 g.in_flight = n;
                 (
                     g.fd,
-                    g.conn.clone(),
+                    g.spare.take().unwrap_or_else(|| g.conn.clone()),
                     std::mem::take(&mut g.queue),
                     n,
                     g.ending,
@@ -550,12 +557,13 @@ impl Worker {
                 )
             };
             add_own(&self.metrics().stream_writes, 1);
-            let result = super::send::send_all(fd, &conn, pieces).await;
+            let (result, keep) = super::send::send_all(fd, keep, pieces).await;
             add_own_i64(&self.metrics().stream_buffered_bytes, -(n as i64));
             let catch_up = {
                 let mut groups = self.groups.borrow_mut();
                 let Some(g) = groups.get_mut(gid) else { return };
                 g.in_flight = 0;
+                g.spare = Some(keep);
                 !g.dirty.is_empty() && g.queued < self.config().stream_buffer_bytes / 2
             };
             match result {

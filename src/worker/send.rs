@@ -122,14 +122,14 @@ impl SendBufs {
 /// What an in-flight send on tokio-uring's ring keeps alive: the buffers, and `K`, a
 /// reference to what owns the socket.
 struct OneshotSend<K> {
-    _owner: K,
+    owner: K,
     bufs: SendBufs,
 }
 
 struct SendDone<K>(PhantomData<K>);
 
 impl<K> OneshotOutputTransform for SendDone<K> {
-    type Output = (io::Result<usize>, SendBufs);
+    type Output = (io::Result<usize>, SendBufs, K);
     type StoredData = OneshotSend<K>;
 
     fn transform_oneshot_output(self, data: OneshotSend<K>, cqe: cqueue::Entry) -> Self::Output {
@@ -139,38 +139,41 @@ impl<K> OneshotOutputTransform for SendDone<K> {
         } else {
             Err(io::Error::from_raw_os_error(-res))
         };
-        (out, data.bufs)
+        (out, data.bufs, data.owner)
     }
 }
 
 /// Sends every piece on socket `fd`, handling short sends. `owner` keeps the socket
-/// open: each operation holds a clone of it until the kernel completes it.
-pub async fn send_all<K: Clone + Unpin + 'static>(
+/// open: the operation in flight holds it until the kernel completes it (so even a
+/// dropped future never leaves the kernel a closed descriptor), and it is handed back
+/// with the result.
+pub async fn send_all<K: Unpin + 'static>(
     fd: RawFd,
-    owner: &K,
+    mut owner: K,
     pieces: Vec<Bytes>,
-) -> io::Result<u64> {
+) -> (io::Result<u64>, K) {
     let mut total = 0u64;
     let mut next = Some(SendBufs::new(pieces));
     while let Some(bufs) = next.take().filter(|b| !b.is_empty()) {
         let entry = bufs.entry(fd);
         // The entry points into `bufs`, which the operation owns (with the socket's
         // owner) until the kernel completes it, even if this future is dropped.
-        let data = OneshotSend {
-            _owner: owner.clone(),
-            bufs,
-        };
-        let (res, bufs) = UnsubmittedOneshot::new(data, SendDone(PhantomData), entry)
+        let data = OneshotSend { owner, bufs };
+        let (res, bufs, back) = UnsubmittedOneshot::new(data, SendDone(PhantomData), entry)
             .submit()
             .await;
-        let n = res?;
+        owner = back;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => return (Err(e), owner),
+        };
         if n == 0 && !bufs.is_empty() {
-            return Err(io::ErrorKind::WriteZero.into());
+            return (Err(io::ErrorKind::WriteZero.into()), owner);
         }
         total += n as u64;
         next = bufs.advance(n);
     }
-    Ok(total)
+    (Ok(total), owner)
 }
 
 #[cfg(test)]

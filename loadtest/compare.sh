@@ -132,29 +132,30 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# await_start NAME PID FILE PATTERN ERRFILE: waits (10 s at most) for the server's start
+# line PATTERN in FILE while PID lives; otherwise shows ERRFILE and gives up.
+await_start() {
+    for _ in $(seq 100); do
+        grep -q "$4" "$3" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "$1 did not start:"; cat "$5" >&2; exit 1
+}
+
 start_halley() {
     local out="$WORK/halley.out"
     "$HALLEY" --listen "127.0.0.1:$HALLEY_PORT" --metrics-listen "127.0.0.1:$HALLEY_METRICS_PORT" \
         --threads "$THREADS" --log-level warn >"$out" 2>"$WORK/halley.err" &
     HALLEY_PID=$!
-    for _ in $(seq 100); do
-        grep -q "halley listening on" "$out" 2>/dev/null && return 0
-        kill -0 "$HALLEY_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    log "halley did not start:"; cat "$WORK/halley.err" >&2; exit 1
+    await_start halley "$HALLEY_PID" "$out" "halley listening on" "$WORK/halley.err"
 }
 
 start_baseline() {
     local err="$WORK/baseline.err"
     "$LOAD" baseline-server --listen "127.0.0.1:$BASELINE_PORT" --threads "$THREADS" 2>"$err" &
     BASELINE_PID=$!
-    for _ in $(seq 100); do
-        grep -q "listening on" "$err" 2>/dev/null && return 0
-        kill -0 "$BASELINE_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    log "baseline-server did not start:"; cat "$err" >&2; exit 1
+    await_start baseline-server "$BASELINE_PID" "$err" "listening on" "$err"
 }
 
 start_nginx() {

@@ -18,6 +18,7 @@
 //! answer); it is `Parked` once it waits for a change after `since`; a stream's waiter is `Dirty` while its reader is behind and its changes are
 //! being summarised into one catch-up part.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -128,11 +129,10 @@ impl WatchTable {
             gen,
         };
         // One shared key per path: every waiter of it holds the same `Arc`.
-        let path = match self.lists.get_key_value(&path) {
-            Some((key, _)) => key.clone(),
-            None => path,
+        let (path, list) = match self.lists.entry(path) {
+            Entry::Occupied(o) => (o.key().clone(), o.into_mut()),
+            Entry::Vacant(v) => (v.key().clone(), v.insert(Vec::new())),
         };
-        let list = self.lists.entry(path.clone()).or_default();
         let pos = list.len() as u32;
         list.push(id);
         entry.insert(Waiter {

@@ -19,7 +19,7 @@
 //! every stream has its own queue and writer, and frames are shared `Bytes`.
 
 use std::borrow::Cow;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -28,7 +28,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::conn::{self, Connection};
+use super::fixed::FixedSlot;
 use super::mailbox::Msg;
+use super::send::SendTo;
 use super::watch::{Holder, WaitQuery, WaitState, WaiterId};
 use super::Worker;
 use crate::body::Body;
@@ -89,8 +91,9 @@ pub enum End {
 #[repr(C)]
 pub struct Group {
     gen: u32,
-    /// The connection's descriptor (`conn` owns it), read here without chasing `conn`.
-    fd: RawFd,
+    /// Where sends go: the connection's registered slot (`slot`) or its descriptor
+    /// (`conn` owns it), read here without chasing `conn`.
+    to: SendTo,
     queued: usize,
     in_flight: usize,
     // Stream state.
@@ -113,6 +116,9 @@ pub struct Group {
     /// When the changes of the queued parts were stamped (latency metric).
     born: Vec<Instant>,
     conn: Rc<Connection>,
+    /// A stream socket's registration with the worker's ring, cleared when the group
+    /// is dropped.
+    slot: Option<FixedSlot>,
     subs: Vec<WaiterId>,
     last_replacement: Option<Frame>,
     // One-shot state.
@@ -223,6 +229,17 @@ impl Worker {
             }
             self.metrics().streams.fetch_add(1, Relaxed);
         }
+        let slot = match (&mode, &self.fixed) {
+            (GroupMode::Stream(_), Some(files)) => files.claim(fd),
+            _ => None,
+        };
+        let to = match &slot {
+            Some(s) => {
+                self.metrics().registered_streams.fetch_add(1, Relaxed);
+                SendTo::Fixed(s.slot())
+            }
+            None => SendTo::Fd(fd),
+        };
         let id = {
             let mut groups = self.groups.borrow_mut();
             groups.next_gen = groups.next_gen.wrapping_add(1);
@@ -230,7 +247,8 @@ impl Worker {
             let conn = Rc::new(conn);
             let key = groups.slab.insert(Group {
                 gen,
-                fd,
+                to,
+                slot,
                 // Not for one-shot groups, whose connection is unwrapped when answered.
                 spare: matches!(mode, GroupMode::Stream(_)).then(|| conn.clone()),
                 conn,
@@ -534,7 +552,7 @@ impl Worker {
     /// Writes a group's queue until it is empty, then exits.
     async fn stream_writer(self: Rc<Self>, gid: GroupId) {
         loop {
-            let (fd, keep, pieces, n, ending, born) = {
+            let (to, keep, pieces, n, ending, born) = {
                 let mut groups = self.groups.borrow_mut();
                 let Some(g) = groups.get_mut(gid) else { return };
                 if g.queue.is_empty() {
@@ -548,7 +566,7 @@ impl Worker {
                 let n = std::mem::take(&mut g.queued);
                 g.in_flight = n;
                 (
-                    g.fd,
+                    g.to,
                     g.spare.take().unwrap_or_else(|| g.conn.clone()),
                     std::mem::take(&mut g.queue),
                     n,
@@ -557,7 +575,7 @@ impl Worker {
                 )
             };
             add_own(&self.metrics().stream_writes, 1);
-            let (result, keep) = super::send::send_all(fd, keep, pieces).await;
+            let (result, keep) = super::send::send_all(to, keep, pieces).await;
             add_own_i64(&self.metrics().stream_buffered_bytes, -(n as i64));
             let catch_up = {
                 let mut groups = self.groups.borrow_mut();
@@ -648,6 +666,9 @@ impl Worker {
         if let GroupMode::Stream(_) = g.mode {
             let m = self.metrics();
             m.streams.fetch_sub(1, Relaxed);
+            if g.slot.is_some() {
+                m.registered_streams.fetch_sub(1, Relaxed);
+            }
             // Bytes queued but never handed to a send (those in flight are counted
             // off by the writer when its send returns).
             m.stream_buffered_bytes.fetch_sub(g.queued as i64, Relaxed);

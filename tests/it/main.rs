@@ -7,6 +7,7 @@ mod batch;
 mod hardening;
 mod http1;
 mod longpoll;
+mod registered;
 mod rest;
 mod scale;
 mod stream;

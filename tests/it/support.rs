@@ -118,6 +118,35 @@ impl Server {
             .expect("VmRSS")
     }
 
+    /// Sockets registered in the tables of the server's io_urings, as the kernel lists
+    /// them in `/proc/PID/fdinfo` (each registered descriptor is a line `N: socket:[..]`
+    /// under `UserFiles:`).
+    pub fn kernel_registered_sockets(&self) -> usize {
+        let pid = self.child.id();
+        let mut n = 0;
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("/proc fd") {
+            let entry = entry.expect("fd entry");
+            let is_ring = std::fs::read_link(entry.path())
+                .is_ok_and(|l| l.as_os_str() == "anon_inode:[io_uring]");
+            if !is_ring {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                entry.file_name().to_string_lossy()
+            ))
+            .expect("fdinfo");
+            n += info
+                .lines()
+                .skip_while(|l| !l.starts_with("UserFiles:"))
+                .skip(1)
+                .take_while(|l| l.starts_with(char::is_whitespace))
+                .filter(|l| l.contains("socket:["))
+                .count();
+        }
+        n
+    }
+
     /// The sum of a metric over its labels (workers).
     pub fn metric(&self, name: &str) -> f64 {
         let mut s = TcpStream::connect(self.metrics).expect("connect metrics");
@@ -354,21 +383,27 @@ impl Client {
         let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
             .expect("hex chunk size");
         self.buf.drain(..line_end + 2);
+        if size == 0 {
+            // The last chunk: trailer fields, if any, up to an empty line.
+            loop {
+                let end = loop {
+                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    assert!(self.fill() > 0, "closed before the end of the chunked body");
+                };
+                self.buf.drain(..end + 2);
+                if end == 0 {
+                    return None;
+                }
+            }
+        }
         while self.buf.len() < size + 2 {
             assert!(self.fill() > 0, "closed inside a chunk");
         }
         let data: Vec<u8> = self.buf.drain(..size).collect();
         assert_eq!(&self.buf[..2], b"\r\n", "chunk data must end with CRLF");
         self.buf.drain(..2);
-        if size == 0 {
-            // Trailer section: expect just the final CRLF.
-            while self.buf.len() < 2 {
-                assert!(self.fill() > 0, "closed before the end of the chunked body");
-            }
-            assert_eq!(&self.buf[..2], b"\r\n");
-            self.buf.drain(..2);
-            return None;
-        }
         Some(data)
     }
 

@@ -831,7 +831,7 @@ pub fn run(
         let _setup = fixed::ring_setup_lock();
         let want = registered_slots(shared.config.registered_streams);
         let before = (want > 0).then(fixed::io_uring_fds);
-        let runtime = tokio_uring::Runtime::new(tokio_uring::builder().entries(4096))?;
+        let runtime = new_runtime()?;
         let files = match before {
             None => None,
             Some(before) => find_new_ring(before)
@@ -896,6 +896,29 @@ pub fn run(
         worker.drain().await;
         Ok(())
     })
+}
+
+/// The worker's tokio-uring runtime. Its ring is used by this thread alone
+/// (`SINGLE_ISSUER`) and need not interrupt it to post completions (`COOP_TASKRUN`:
+/// they are posted at its next system call; it makes one at least every loop). Kernels
+/// older than 6.0 lack these flags and get a plain ring. (`DEFER_TASKRUN` was tried:
+/// completions then wait for an `io_uring_enter` asking for events, which tokio-uring,
+/// waiting on the ring through epoll, does not make; connections stall.)
+fn new_runtime() -> io::Result<tokio_uring::Runtime> {
+    let tuned = tokio_uring::Runtime::new(
+        tokio_uring::builder().entries(4096).uring_builder(
+            io_uring::IoUring::builder()
+                .setup_coop_taskrun()
+                .setup_single_issuer(),
+        ),
+    );
+    match tuned {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!("io_uring without COOP_TASKRUN/SINGLE_ISSUER (older kernel)");
+            tokio_uring::Runtime::new(tokio_uring::builder().entries(4096))
+        }
+        other => other,
+    }
 }
 
 /// Slots to register for `wanted` streams: no more than the kernel allows (the open-file

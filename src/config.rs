@@ -77,12 +77,6 @@ pub struct Args {
     #[arg(long, value_parser = parse_size, value_name = "BYTES")]
     pub stream_sndbuf: Option<u64>,
 
-    /// Streams per worker whose socket is registered with the worker's io_uring, so each
-    /// send skips the kernel's descriptor lookup; streams beyond it use plain descriptors.
-    /// Each slot costs about 16 bytes of kernel memory per worker. 0 turns it off.
-    #[arg(long, default_value_t = 65536, value_name = "N")]
-    pub registered_streams: u32,
-
     /// Most sub-requests in one `POST /subscribe` (or `/batch`); more is refused with 413.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_subrequests: usize,
@@ -160,7 +154,6 @@ pub struct Config {
     pub stream_buffer_bytes: usize,
     pub heartbeat: Option<Duration>,
     pub stream_sndbuf: Option<usize>,
-    pub registered_streams: u32,
     pub max_subrequests: usize,
     /// `None`: every client may read and write everything.
     pub auth: Option<Arc<Auth>>,
@@ -220,7 +213,6 @@ impl Args {
             stream_sndbuf: self
                 .stream_sndbuf
                 .map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
-            registered_streams: self.registered_streams,
             max_subrequests: self.max_subrequests,
             max_connections_per_ip: self.max_connections_per_ip.filter(|&n| n > 0),
             max_pipeline: self.max_pipeline.max(1),

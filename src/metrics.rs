@@ -112,8 +112,6 @@ pub struct WorkerMetrics {
     pub messages_sent: AtomicU64,
     /// Open streams (gauge).
     pub streams: AtomicI64,
-    /// Open streams whose socket is registered with the worker's ring (gauge).
-    pub registered_streams: AtomicI64,
     /// Parts queued on streams.
     pub stream_parts: AtomicU64,
     /// Changes a slow stream reader did not get queued (summarised into a catch-up part).
@@ -198,7 +196,7 @@ impl Metrics {
         );
 
         type Field = fn(&WorkerMetrics) -> u64;
-        let per_worker: [(&str, &str, &str, Field); 19] = [
+        let per_worker: [(&str, &str, &str, Field); 18] = [
             (
                 "halley_watched_resources",
                 "gauge",
@@ -214,12 +212,6 @@ impl Metrics {
             ("halley_streams", "gauge", "Open streams.", |m| {
                 m.streams.load(Relaxed).max(0) as u64
             }),
-            (
-                "halley_registered_streams",
-                "gauge",
-                "Open streams whose socket is registered with the worker's io_uring.",
-                |m| m.registered_streams.load(Relaxed).max(0) as u64,
-            ),
             (
                 "halley_stream_parts_total",
                 "counter",

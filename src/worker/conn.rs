@@ -179,13 +179,9 @@ impl Task {
         }
         let pieces = std::mem::take(&mut self.out.pieces);
         let stream = &self.conn.stream;
-        let n = super::send::send_all(
-            super::send::SendTo::Fd(stream.as_raw_fd()),
-            stream.clone(),
-            pieces,
-        )
-        .await
-        .0?;
+        let n = super::send::send_all(stream.as_raw_fd(), stream.clone(), pieces)
+            .await
+            .0?;
         self.worker.metrics().bytes_written.fetch_add(n, Relaxed);
         Ok(())
     }

@@ -19,7 +19,7 @@
 //! every stream has its own queue and writer, and frames are shared `Bytes`.
 
 use std::borrow::Cow;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -28,9 +28,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::conn::{self, Connection};
-use super::fixed::FixedSlot;
 use super::mailbox::Msg;
-use super::send::SendTo;
 use super::watch::{Holder, WaitQuery, WaitState, WaiterId};
 use super::Worker;
 use crate::body::Body;
@@ -91,9 +89,8 @@ pub enum End {
 #[repr(C)]
 pub struct Group {
     gen: u32,
-    /// Where sends go: the connection's registered slot (`slot`) or its descriptor
-    /// (`conn` owns it), read here without chasing `conn`.
-    to: SendTo,
+    /// The connection's descriptor (`conn` owns it), read here without chasing `conn`.
+    fd: RawFd,
     queued: usize,
     in_flight: usize,
     // Stream state.
@@ -116,9 +113,6 @@ pub struct Group {
     /// When the changes of the queued parts were stamped (latency metric).
     born: Vec<Instant>,
     conn: Rc<Connection>,
-    /// A stream socket's registration with the worker's ring, cleared when the group
-    /// is dropped.
-    slot: Option<FixedSlot>,
     subs: Vec<WaiterId>,
     last_replacement: Option<Frame>,
     // One-shot state.
@@ -229,17 +223,6 @@ impl Worker {
             }
             self.metrics().streams.fetch_add(1, Relaxed);
         }
-        let slot = match (&mode, &self.fixed) {
-            (GroupMode::Stream(_), Some(files)) => files.claim(fd),
-            _ => None,
-        };
-        let to = match &slot {
-            Some(s) => {
-                self.metrics().registered_streams.fetch_add(1, Relaxed);
-                SendTo::Fixed(s.slot())
-            }
-            None => SendTo::Fd(fd),
-        };
         let id = {
             let mut groups = self.groups.borrow_mut();
             groups.next_gen = groups.next_gen.wrapping_add(1);
@@ -247,8 +230,7 @@ impl Worker {
             let conn = Rc::new(conn);
             let key = groups.slab.insert(Group {
                 gen,
-                to,
-                slot,
+                fd,
                 // Not for one-shot groups, whose connection is unwrapped when answered.
                 spare: matches!(mode, GroupMode::Stream(_)).then(|| conn.clone()),
                 conn,
@@ -552,7 +534,7 @@ impl Worker {
     /// Writes a group's queue until it is empty, then exits.
     async fn stream_writer(self: Rc<Self>, gid: GroupId) {
         loop {
-            let (to, keep, pieces, n, ending, born) = {
+            let (fd, keep, pieces, n, ending, born) = {
                 let mut groups = self.groups.borrow_mut();
                 let Some(g) = groups.get_mut(gid) else { return };
                 if g.queue.is_empty() {
@@ -566,7 +548,7 @@ impl Worker {
                 let n = std::mem::take(&mut g.queued);
                 g.in_flight = n;
                 (
-                    g.to,
+                    g.fd,
                     g.spare.take().unwrap_or_else(|| g.conn.clone()),
                     std::mem::take(&mut g.queue),
                     n,
@@ -575,7 +557,7 @@ impl Worker {
                 )
             };
             add_own(&self.metrics().stream_writes, 1);
-            let (result, keep) = super::send::send_all(to, keep, pieces).await;
+            let (result, keep) = super::send::send_all(fd, keep, pieces).await;
             add_own_i64(&self.metrics().stream_buffered_bytes, -(n as i64));
             let catch_up = {
                 let mut groups = self.groups.borrow_mut();
@@ -666,9 +648,6 @@ impl Worker {
         if let GroupMode::Stream(_) = g.mode {
             let m = self.metrics();
             m.streams.fetch_sub(1, Relaxed);
-            if g.slot.is_some() {
-                m.registered_streams.fetch_sub(1, Relaxed);
-            }
             // Bytes queued but never handed to a send (those in flight are counted
             // off by the writer when its send returns).
             m.stream_buffered_bytes.fetch_sub(g.queued as i64, Relaxed);

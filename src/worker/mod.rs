@@ -13,7 +13,6 @@
 //! - Every path that takes a waiter out of the wait list also removes its hang-up poll.
 
 pub mod conn;
-pub mod fixed;
 pub mod group;
 pub mod hangup;
 pub mod limits;
@@ -23,9 +22,9 @@ pub mod send;
 pub mod watch;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -41,7 +40,6 @@ use crate::metrics::{Metrics, Rejection, WorkerMetrics};
 use crate::store::{Answer, ChangeEvent, MemStore, Shaped, Store, WriteOp};
 use crate::time::Timestamp;
 use conn::Connection;
-use fixed::FixedFiles;
 use group::{End, GroupId, Groups};
 use hangup::HangupRing;
 use mailbox::{Inbox, Mailbox, Msg};
@@ -125,9 +123,6 @@ pub struct Worker {
     watch: RefCell<WatchTable>,
     /// Streams and `/subscribe` groups of this worker's connections.
     groups: RefCell<Groups>,
-    /// Slots of the runtime ring's registered-descriptor table, for stream sockets
-    /// (`None`: `--registered-streams 0`, or the ring could not be found).
-    fixed: Option<Rc<FixedFiles>>,
     hangup: HangupRing,
     /// Poll deadlines in arrival order; every deadline is "park time + poll timeout",
     /// so the queue is sorted by construction and the front is the next to expire.
@@ -826,38 +821,8 @@ pub fn run(
     listener: std::net::TcpListener,
     inbox: Inbox,
 ) -> io::Result<()> {
-    let (runtime, files) = {
-        // No other thread creates a ring meanwhile: the one that appears is ours.
-        let _setup = fixed::ring_setup_lock();
-        let want = registered_slots(shared.config.registered_streams);
-        let before = (want > 0).then(fixed::io_uring_fds);
-        let runtime = new_runtime()?;
-        let files = match before {
-            None => None,
-            Some(before) => find_new_ring(before)
-                .and_then(|ring| FixedFiles::register(ring, want))
-                .map_err(
-                    |e| tracing::warn!(error = %e, "stream sockets not registered with the ring"),
-                )
-                .ok(),
-        };
-        (runtime, files)
-    };
-    runtime.block_on(async move {
+    new_runtime()?.block_on(async move {
         let listener = tokio_uring::net::TcpListener::from_std(listener);
-        let fixed = match files.map(Rc::new) {
-            Some(files) => match files.probe().await {
-                Ok(()) => {
-                    tracing::debug!(worker = id, slots = files.size(), "stream sockets registered with the ring");
-                    Some(files)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "stream sockets not registered with the ring (probe failed)");
-                    None
-                }
-            },
-            None => None,
-        };
         let worker = Rc::new(Worker {
             id,
             store: RefCell::new(Box::new(
@@ -870,11 +835,7 @@ pub fn run(
             interest: RefCell::new(HashMap::new()),
             watch: RefCell::new(WatchTable::default()),
             groups: RefCell::new(Groups::default()),
-            fixed,
-            hangup: {
-                let _setup = fixed::ring_setup_lock();
-                HangupRing::new()?
-            },
+            hangup: HangupRing::new()?,
             deadlines: RefCell::new(VecDeque::new()),
             deadline_added: Notify::new(),
             tails: RefCell::new(Tails::new(Timestamp::now())),
@@ -918,36 +879,6 @@ fn new_runtime() -> io::Result<tokio_uring::Runtime> {
             tokio_uring::Runtime::new(tokio_uring::builder().entries(4096))
         }
         other => other,
-    }
-}
-
-/// Slots to register for `wanted` streams: no more than the kernel allows (the open-file
-/// limit, and `IORING_MAX_FIXED_FILES`).
-fn registered_slots(wanted: u32) -> u32 {
-    const IORING_MAX_FIXED_FILES: u32 = 1 << 20;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid rlimit for the kernel to fill in.
-    let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        u32::try_from(limit.rlim_cur).unwrap_or(u32::MAX)
-    } else {
-        0
-    };
-    wanted.min(nofile).min(IORING_MAX_FIXED_FILES)
-}
-
-/// The one io_uring descriptor opened since `before` was listed.
-fn find_new_ring(before: io::Result<HashSet<RawFd>>) -> io::Result<RawFd> {
-    let before = before?;
-    let after = fixed::io_uring_fds()?;
-    let mut new = after.difference(&before);
-    match (new.next(), new.next()) {
-        (Some(&ring), None) => Ok(ring),
-        _ => Err(io::Error::other(
-            "the runtime's ring is not the one new io_uring descriptor",
-        )),
     }
 }
 

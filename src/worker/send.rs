@@ -8,10 +8,9 @@
 //! owns the buffers and a reference-counted owner of the socket (the socket itself, or
 //! the connection holding it), so even if the future is dropped the kernel never sees
 //! freed memory or a descriptor that was closed and reused before the operation was
-//! issued. The target ([`SendTo`]: the descriptor, or a stream's registered slot, see
-//! `fixed`) is passed alongside, so that a stream's send reads it from the (hot) group
-//! instead of chasing the owner's pointers: with thousands of streams every pointer hop
-//! per delivery is a cache miss.
+//! issued. The descriptor number is passed alongside, so that a stream's send reads it
+//! from the (hot) group instead of chasing the owner's pointers: with thousands of
+//! streams every pointer hop per delivery is a cache miss.
 //!
 //! (Stream sends were also tried on the worker's own ring, completions handled without
 //! a task each: the same CPU per delivery and 12% fewer deliveries/s, so reverted; see
@@ -79,29 +78,21 @@ impl SendBufs {
         self.pieces.is_empty() && self.rest.is_empty()
     }
 
-    /// The entry sending these buffers to `to`. It points into `self`: keep `self`
+    /// The entry sending these buffers on `fd`. It points into `self`: keep `self`
     /// alive (it may move) until the entry's completion.
-    fn entry(&self, to: SendTo) -> squeue::Entry {
-        // One body for both kinds of target, which io-uring types differently.
-        macro_rules! send_on {
-            ($target:expr) => {{
-                let flags = libc::MSG_NOSIGNAL;
-                match (&self.msg, self.pieces.as_slice()) {
-                    (Some(msg), _) => opcode::SendMsg::new($target, &**msg as *const libc::msghdr)
-                        .flags(flags as u32)
-                        .build(),
-                    (None, [one]) => opcode::Send::new($target, one.as_ptr(), one.len() as u32)
-                        .flags(flags)
-                        .build(),
-                    (None, _) => opcode::Send::new($target, std::ptr::null(), 0)
-                        .flags(flags)
-                        .build(),
-                }
-            }};
-        }
-        match to {
-            SendTo::Fd(fd) => send_on!(types::Fd(fd)),
-            SendTo::Fixed(slot) => send_on!(types::Fixed(slot)),
+    fn entry(&self, fd: RawFd) -> squeue::Entry {
+        let fd = types::Fd(fd);
+        let flags = libc::MSG_NOSIGNAL;
+        match (&self.msg, self.pieces.as_slice()) {
+            (Some(msg), _) => opcode::SendMsg::new(fd, &**msg as *const libc::msghdr)
+                .flags(flags as u32)
+                .build(),
+            (None, [one]) => opcode::Send::new(fd, one.as_ptr(), one.len() as u32)
+                .flags(flags)
+                .build(),
+            (None, _) => opcode::Send::new(fd, std::ptr::null(), 0)
+                .flags(flags)
+                .build(),
         }
     }
 
@@ -128,14 +119,6 @@ impl SendBufs {
     }
 }
 
-/// The socket a send goes to: a descriptor, or its slot in the worker's registered
-/// table (`fixed`).
-#[derive(Clone, Copy, Debug)]
-pub enum SendTo {
-    Fd(RawFd),
-    Fixed(u32),
-}
-
 /// What an in-flight send on tokio-uring's ring keeps alive: the buffers, and `K`, a
 /// reference to what owns the socket.
 struct OneshotSend<K> {
@@ -160,19 +143,19 @@ impl<K> OneshotOutputTransform for SendDone<K> {
     }
 }
 
-/// Sends every piece to socket `to`, handling short sends. `owner` keeps the socket
+/// Sends every piece on socket `fd`, handling short sends. `owner` keeps the socket
 /// open: the operation in flight holds it until the kernel completes it (so even a
 /// dropped future never leaves the kernel a closed descriptor), and it is handed back
 /// with the result.
 pub async fn send_all<K: Unpin + 'static>(
-    to: SendTo,
+    fd: RawFd,
     mut owner: K,
     pieces: Vec<Bytes>,
 ) -> (io::Result<u64>, K) {
     let mut total = 0u64;
     let mut next = Some(SendBufs::new(pieces));
     while let Some(bufs) = next.take().filter(|b| !b.is_empty()) {
-        let entry = bufs.entry(to);
+        let entry = bufs.entry(fd);
         // The entry points into `bufs`, which the operation owns (with the socket's
         // owner) until the kernel completes it, even if this future is dropped.
         let data = OneshotSend { owner, bufs };

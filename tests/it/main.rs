@@ -7,7 +7,6 @@ mod batch;
 mod hardening;
 mod http1;
 mod longpoll;
-mod registered;
 mod rest;
 mod scale;
 mod stream;

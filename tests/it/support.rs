@@ -118,35 +118,6 @@ impl Server {
             .expect("VmRSS")
     }
 
-    /// Sockets registered in the tables of the server's io_urings, as the kernel lists
-    /// them in `/proc/PID/fdinfo` (each registered descriptor is a line `N: socket:[..]`
-    /// under `UserFiles:`).
-    pub fn kernel_registered_sockets(&self) -> usize {
-        let pid = self.child.id();
-        let mut n = 0;
-        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("/proc fd") {
-            let entry = entry.expect("fd entry");
-            let is_ring = std::fs::read_link(entry.path())
-                .is_ok_and(|l| l.as_os_str() == "anon_inode:[io_uring]");
-            if !is_ring {
-                continue;
-            }
-            let info = std::fs::read_to_string(format!(
-                "/proc/{pid}/fdinfo/{}",
-                entry.file_name().to_string_lossy()
-            ))
-            .expect("fdinfo");
-            n += info
-                .lines()
-                .skip_while(|l| !l.starts_with("UserFiles:"))
-                .skip(1)
-                .take_while(|l| l.starts_with(char::is_whitespace))
-                .filter(|l| l.contains("socket:["))
-                .count();
-        }
-        n
-    }
-
     /// The sum of a metric over its labels (workers).
     pub fn metric(&self, name: &str) -> f64 {
         let mut s = TcpStream::connect(self.metrics).expect("connect metrics");

@@ -866,20 +866,14 @@ pub fn run(
 /// completions then wait for an `io_uring_enter` asking for events, which tokio-uring,
 /// waiting on the ring through epoll, does not make; connections stall.)
 fn new_runtime() -> io::Result<tokio_uring::Runtime> {
-    let tuned = tokio_uring::Runtime::new(
-        tokio_uring::builder().entries(4096).uring_builder(
-            io_uring::IoUring::builder()
-                .setup_coop_taskrun()
-                .setup_single_issuer(),
-        ),
-    );
-    match tuned {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::debug!("io_uring without COOP_TASKRUN/SINGLE_ISSUER (older kernel)");
-            tokio_uring::Runtime::new(tokio_uring::builder().entries(4096))
-        }
-        other => other,
+    let mut ring = io_uring::IoUring::builder();
+    ring.setup_coop_taskrun().setup_single_issuer();
+    // Asked of a throwaway ring first: a runtime that fails half-built is not freed.
+    if let Err(e) = ring.build(1) {
+        tracing::debug!(error = %e, "io_uring without COOP_TASKRUN/SINGLE_ISSUER");
+        ring = io_uring::IoUring::builder();
     }
+    tokio_uring::Runtime::new(tokio_uring::builder().entries(4096).uring_builder(&ring))
 }
 
 #[cfg(test)]

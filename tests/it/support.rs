@@ -342,32 +342,32 @@ impl Client {
         body
     }
 
-    /// Reads one chunk of a chunked body; `None` at the last chunk.
-    pub fn read_chunk(&mut self) -> Option<Vec<u8>> {
-        let line_end = loop {
+    /// The next CRLF-terminated line (without its CRLF); fails with `closed` at EOF.
+    fn take_line(&mut self, closed: &str) -> Vec<u8> {
+        let end = loop {
             if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
                 break i;
             }
-            assert!(self.fill() > 0, "closed inside a chunk header");
+            assert!(self.fill() > 0, "{closed}");
         };
-        let line = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+        let line = self.buf[..end].to_vec();
+        self.buf.drain(..end + 2);
+        line
+    }
+
+    /// Reads one chunk of a chunked body; `None` at the last chunk.
+    pub fn read_chunk(&mut self) -> Option<Vec<u8>> {
+        let line = self.take_line("closed inside a chunk header");
+        let line = String::from_utf8_lossy(&line).into_owned();
         let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
             .expect("hex chunk size");
-        self.buf.drain(..line_end + 2);
         if size == 0 {
             // The last chunk: trailer fields, if any, up to an empty line.
-            loop {
-                let end = loop {
-                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                        break i;
-                    }
-                    assert!(self.fill() > 0, "closed before the end of the chunked body");
-                };
-                self.buf.drain(..end + 2);
-                if end == 0 {
-                    return None;
-                }
-            }
+            while !self
+                .take_line("closed before the end of the chunked body")
+                .is_empty()
+            {}
+            return None;
         }
         while self.buf.len() < size + 2 {
             assert!(self.fill() > 0, "closed inside a chunk");

@@ -200,6 +200,13 @@ pub struct FanoutArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=255))]
     pub per_conn: u16,
 
+    /// Give subscriber connection g the resources from a hash of g instead of from
+    /// g × K mod R. By default consecutive connections watch consecutive resources, and a
+    /// server that lays its subscribers out in accept order finds the subscribers of
+    /// consecutive changes side by side in memory; scattered, they are not.
+    #[arg(long)]
+    pub scatter: bool,
+
     /// Publisher connections. Each resource has exactly one publisher (resource k belongs
     /// to publisher k mod P), which numbers its records 0, 1, 2, …
     #[arg(long, default_value_t = 1)]

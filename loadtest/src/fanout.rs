@@ -591,9 +591,22 @@ fn resources_of(args: &FanoutArgs, g: usize) -> Vec<u64> {
     } else {
         1
     };
+    let first = if args.scatter {
+        (splitmix64(g as u64) % args.resources as u64) as usize
+    } else {
+        g * k
+    };
     (0..k)
-        .map(|i| ((g * k + i) % args.resources) as u64)
+        .map(|i| ((first + i) % args.resources) as u64)
         .collect()
+}
+
+/// A well-mixed hash of `x` (SplitMix64's finaliser).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 async fn worker(mut w: WorkerCtx, args: Rc<FanoutArgs>, prefix: String) -> Result<()> {
@@ -908,6 +921,7 @@ pub async fn run(args: FanoutArgs) -> Result<i32> {
                 "subscribers": args.subscribers,
                 "resources": args.resources,
                 "per_conn": args.per_conn,
+                "scatter": args.scatter,
                 "publishers": args.publishers,
                 "rate": args.rate,
                 "pipeline": args.pipeline,
@@ -1023,5 +1037,32 @@ mod tests {
         assert_eq!(resources_of(&a, 10), (0..10).collect::<Vec<u64>>());
         a.mode = Mode::Stream;
         assert_eq!(resources_of(&a, 123), vec![23]);
+    }
+
+    #[test]
+    fn scattered_subscribers_cover_every_resource_out_of_order() {
+        let mut a =
+            crate::cli::FanoutArgs::parse_from_for_test(&["--resources", "100", "--scatter"]);
+        let mut count = [0u32; 100];
+        let mut in_order = 0;
+        for g in 0..10_000 {
+            let r = resources_of(&a, g);
+            assert_eq!(r, resources_of(&a, g), "the same for every run");
+            count[r[0] as usize] += 1;
+            in_order += usize::from(r[0] == (g % 100) as u64);
+        }
+        assert!(count.iter().all(|&c| (60..=140).contains(&c)), "{count:?}");
+        assert!(in_order < 300, "not g mod R: {in_order} of 10,000");
+        // Several resources per connection: distinct, consecutive from a scattered start.
+        a.mode = Mode::Subscribe;
+        a.per_conn = 10;
+        for g in 0..1000 {
+            let r = resources_of(&a, g);
+            let mut d = r.clone();
+            d.sort();
+            d.dedup();
+            assert_eq!(d.len(), 10);
+            assert!(r.windows(2).all(|w| w[1] == (w[0] + 1) % 100));
+        }
     }
 }

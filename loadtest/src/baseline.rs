@@ -659,17 +659,11 @@ impl Worker {
     }
 
     fn on_recv(&mut self, key: usize, res: i32) {
+        self.conns[key].recv_busy = false;
+        if !self.carries_on(key, res) {
+            return;
+        }
         let c = &mut self.conns[key];
-        c.recv_busy = false;
-        if c.closing {
-            self.maybe_free(key);
-            return;
-        }
-        if res <= 0 {
-            // Hang-up or error.
-            self.close(key);
-            return;
-        }
         c.filled += res as usize;
         if c.subscriber {
             // A subscriber has nothing more to say: discard.
@@ -884,15 +878,10 @@ impl Worker {
         let c = &mut self.conns[key];
         c.send_busy = false;
         c.in_flight = 0;
-        if c.closing {
-            self.maybe_free(key);
+        if !self.carries_on(key, res) {
             return;
         }
-        if res <= 0 {
-            // EPIPE, ECONNRESET… (0 cannot happen for a non-empty send).
-            self.close(key);
-            return;
-        }
+        let c = &mut self.conns[key];
         // Drop what was sent; a short send leaves the rest at the front.
         let mut n = res as usize;
         while n > 0 {
@@ -914,6 +903,22 @@ impl Worker {
         } else if c.close_after_flush {
             self.close(key);
         }
+    }
+
+    /// After an op on `key` completed with `res`: whether the connection carries on.
+    /// Not if it was closing (freed now if nothing else is in flight), nor if the op
+    /// failed or the peer hung up (`res <= 0`: EOF, EPIPE, ECONNRESET…; a non-empty
+    /// send never returns 0), which closes it.
+    fn carries_on(&mut self, key: usize, res: i32) -> bool {
+        if self.conns[key].closing {
+            self.maybe_free(key);
+            return false;
+        }
+        if res <= 0 {
+            self.close(key);
+            return false;
+        }
+        true
     }
 
     /// Unsubscribes and shuts the connection down; it is freed once no op is in flight.

@@ -318,22 +318,19 @@ fn polls_that_leave_unanswered_unregister_their_paths() {
     // more (a client inventing paths must not grow the server's watch tables).
     const PATHS: usize = 60;
     let server = Server::start(&["--poll-timeout", "300ms", "--threads", "2"]);
-    let timing_out: Vec<Client> = (0..PATHS)
-        .map(|i| {
-            let mut c = server.client();
-            let path = format!("/made-up/t{i}");
-            c.send_request("GET", &path, &[("When-Modified-After", EPOCH)], b"");
-            c
-        })
-        .collect();
-    let hanging_up: Vec<Client> = (0..PATHS)
-        .map(|i| {
-            let mut c = server.client();
-            let path = format!("/made-up/h{i}");
-            c.send_request("GET", &path, &[("When-Modified-After", EPOCH)], b"");
-            c
-        })
-        .collect();
+    // One poll on each of PATHS made-up paths starting with `prefix`.
+    let polls = |prefix: &str| -> Vec<Client> {
+        (0..PATHS)
+            .map(|i| {
+                let mut c = server.client();
+                let path = format!("/made-up/{prefix}{i}");
+                c.send_request("GET", &path, &[("When-Modified-After", EPOCH)], b"");
+                c
+            })
+            .collect()
+    };
+    let timing_out = polls("t");
+    let hanging_up = polls("h");
     server.wait_metric("halley_parked", (2 * PATHS) as f64);
     // A poll parks on its own worker at once; its registration reaches a remote owner
     // by message a moment later, so wait for the owners' count rather than read it.

@@ -169,11 +169,11 @@ impl Fx {
     }
 
     /// A halley answer for one resource (a long-poll response or an embedded part).
-    fn embedded_answer(
+    fn embedded_answer<S: AsRef<str>>(
         &self,
         j: usize,
         p: &mut Pos,
-        h: &Head,
+        h: &Head<S>,
         content: &[u8],
         now: u64,
     ) -> Result<()> {
@@ -187,14 +187,17 @@ impl Fx {
                 self.body(j, content, BodyKind::Full, now);
             }
             206 => {
-                let range = h.content_range.as_deref().and_then(parse_bytes_range);
+                let range = h
+                    .content_range
+                    .as_ref()
+                    .and_then(|r| parse_bytes_range(r.as_ref()));
                 match range {
                     Some((a, b, total)) => {
                         if a != p.len || b + 1 - a != content.len() as u64 {
                             self.shared.c.borrow_mut().protocol_errors += 1;
                             self.errors.note(&format!(
                                 "206 Content-Range {:?} does not continue at {} with {} bytes",
-                                h.content_range,
+                                h.content_range.as_ref().map(AsRef::as_ref),
                                 p.len,
                                 content.len()
                             ));
@@ -217,7 +220,10 @@ impl Fx {
             }
         }
         if let Some(lm) = &h.last_modified {
-            p.last_modified = Some(lm.clone());
+            // Kept for a resume; the same allocation part after part.
+            let kept = p.last_modified.get_or_insert_with(String::new);
+            kept.clear();
+            kept.push_str(lm.as_ref());
         }
         Ok(())
     }

@@ -54,22 +54,24 @@ fn perr<T>(m: impl Into<String>) -> HResult<T> {
     Err(HttpError::Parse(m.into()))
 }
 
-/// The parts of a response head this tool uses.
+/// The parts of a response head this tool uses. Header values are `S`: owned
+/// `String`s for a connection's own response, or `&str` borrowed from the bytes for
+/// the embedded response of every stream part (no allocation per delivery).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Head {
+pub struct Head<S = String> {
     pub status: u16,
     pub content_length: Option<u64>,
     pub chunked: bool,
     /// `Connection: close`, or HTTP/1.0 without keep-alive.
     pub close: bool,
-    pub content_type: Option<String>,
-    pub last_modified: Option<String>,
-    pub etag: Option<String>,
-    pub content_range: Option<String>,
-    pub content_location: Option<String>,
+    pub content_type: Option<S>,
+    pub last_modified: Option<S>,
+    pub etag: Option<S>,
+    pub content_range: Option<S>,
+    pub content_location: Option<S>,
 }
 
-impl Head {
+impl<S: AsRef<str>> Head<S> {
     /// Whether a body follows, given the request method.
     pub fn has_body(&self, head_request: bool) -> bool {
         !(head_request
@@ -80,7 +82,9 @@ impl Head {
 
     /// The `boundary` parameter of a multipart `Content-Type`.
     pub fn boundary(&self) -> Option<String> {
-        self.content_type.as_deref().and_then(boundary_param)
+        self.content_type
+            .as_ref()
+            .and_then(|ct| boundary_param(ct.as_ref()))
     }
 }
 
@@ -101,15 +105,20 @@ pub fn boundary_param(ct: &str) -> Option<String> {
     None
 }
 
-fn header_str(v: &[u8]) -> HResult<String> {
+fn header_str(v: &[u8]) -> HResult<&str> {
     match std::str::from_utf8(v) {
-        Ok(s) => Ok(s.trim().to_string()),
+        Ok(s) => Ok(s.trim()),
         Err(_) => perr("non-UTF-8 header value"),
     }
 }
 
 /// Parses a response head from `buf`. `Ok(None)` means incomplete.
 pub fn parse_head(buf: &[u8]) -> HResult<Option<(Head, usize)>> {
+    parse_head_as(buf)
+}
+
+/// [`parse_head`] with the header values as `S` (`&str`: borrowed from `buf`).
+pub fn parse_head_as<'a, S: From<&'a str>>(buf: &'a [u8]) -> HResult<Option<(Head<S>, usize)>> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     let n = match resp.parse(buf) {
@@ -124,8 +133,14 @@ pub fn parse_head(buf: &[u8]) -> HResult<Option<(Head, usize)>> {
     };
     let mut h = Head {
         status: resp.code.unwrap_or(0),
+        content_length: None,
+        chunked: false,
         close: resp.version == Some(0),
-        ..Head::default()
+        content_type: None,
+        last_modified: None,
+        etag: None,
+        content_range: None,
+        content_location: None,
     };
     for hd in resp.headers.iter() {
         let name = hd.name;
@@ -153,15 +168,15 @@ pub fn parse_head(buf: &[u8]) -> HResult<Option<(Head, usize)>> {
                 h.close = false;
             }
         } else if name.eq_ignore_ascii_case("content-type") {
-            h.content_type = Some(header_str(hd.value)?);
+            h.content_type = Some(header_str(hd.value)?.into());
         } else if name.eq_ignore_ascii_case("last-modified") {
-            h.last_modified = Some(header_str(hd.value)?);
+            h.last_modified = Some(header_str(hd.value)?.into());
         } else if name.eq_ignore_ascii_case("etag") {
-            h.etag = Some(header_str(hd.value)?);
+            h.etag = Some(header_str(hd.value)?.into());
         } else if name.eq_ignore_ascii_case("content-range") {
-            h.content_range = Some(header_str(hd.value)?);
+            h.content_range = Some(header_str(hd.value)?.into());
         } else if name.eq_ignore_ascii_case("content-location") {
-            h.content_location = Some(header_str(hd.value)?);
+            h.content_location = Some(header_str(hd.value)?.into());
         }
     }
     if h.chunked {

@@ -6,7 +6,7 @@
 //! chunks or reads (halley sends one part plus its closing delimiter per chunk, Nchan
 //! sends the delimiter ahead of the next part; both work the same way here).
 
-use crate::http::{parse_head, HResult, Head, HttpError};
+use crate::http::{parse_head_as, HResult, Head, HttpError};
 use memchr::memmem;
 
 /// Largest part accepted (a part that grows past this without a delimiter is an error).
@@ -220,8 +220,8 @@ pub fn is_http_part(ct: Option<&str>) -> bool {
 
 /// Parses an embedded HTTP response (a `multipart/digest` part body): its head and
 /// content, checked against its `Content-Length`.
-pub fn parse_embedded(body: &[u8]) -> HResult<(Head, &[u8])> {
-    let Some((head, n)) = parse_head(body)? else {
+pub fn parse_embedded(body: &[u8]) -> HResult<(Head<&str>, &[u8])> {
+    let Some((head, n)) = parse_head_as(body)? else {
         return Err(HttpError::Parse("embedded response head incomplete".into()));
     };
     let content = &body[n..];

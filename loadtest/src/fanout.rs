@@ -147,11 +147,7 @@ impl Fx {
             return Err(self.proto_error(format!("unexpected part type {:?}", v.content_type)));
         }
         let (h, content) = parse_embedded(v.body)?;
-        let Some(k) = h
-            .content_location
-            .as_deref()
-            .and_then(|l| self.paths.resource_of(l))
-        else {
+        let Some(k) = h.content_location.and_then(|l| self.paths.resource_of(l)) else {
             return Err(self.proto_error(format!(
                 "part without a known Content-Location ({:?})",
                 h.content_location

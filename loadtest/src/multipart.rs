@@ -334,7 +334,7 @@ mod tests {
         assert!(is_http_part(v.content_type));
         let (h, content) = parse_embedded(v.body).unwrap();
         assert_eq!(h.status, 206);
-        assert_eq!(h.content_location.as_deref(), Some("/r/7"));
+        assert_eq!(h.content_location, Some("/r/7"));
         assert_eq!(content, b"r=7 s=1 t=9 ..\n");
         // Content-Length mismatch is an error, not a panic.
         let bad = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab";

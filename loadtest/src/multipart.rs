@@ -35,7 +35,8 @@ pub enum Event<'a> {
 pub struct MultipartParser {
     /// `CRLF--boundary`.
     delim: Vec<u8>,
-    finder: memmem::Finder<'static>,
+    /// Finds `CRLF--`, the start of every delimiter.
+    lead: memmem::Finder<'static>,
     buf: Vec<u8>,
     pos: usize,
     scan_from: usize,
@@ -46,10 +47,10 @@ impl MultipartParser {
     pub fn new(boundary: &str) -> MultipartParser {
         let mut delim = b"\r\n--".to_vec();
         delim.extend_from_slice(boundary.as_bytes());
-        let finder = memmem::Finder::new(&delim).into_owned();
+        let lead = memmem::Finder::new(b"\r\n--").into_owned();
         MultipartParser {
             delim,
-            finder,
+            lead,
             buf: Vec::with_capacity(1024),
             pos: 0,
             scan_from: 0,
@@ -69,6 +70,23 @@ impl MultipartParser {
     pub fn feed(&mut self, data: &[u8], f: impl FnMut(Event<'_>)) -> HResult<()> {
         self.buf.extend_from_slice(data);
         self.parse(f)
+    }
+
+    /// Where the first complete delimiter in `hay` starts. Each delimiter starts with
+    /// `CRLF--`, which inside a part occurs only there or where a body line begins with
+    /// `--`: a four-byte needle finds those few candidates, each compared with the whole
+    /// delimiter. (Searching for the whole 45-byte delimiter directly cost 3.4% of this
+    /// tool's CPU in a halley stream fan-out.)
+    fn find_delim(&self, hay: &[u8]) -> Option<usize> {
+        let mut at = 0;
+        while let Some(i) = self.lead.find(&hay[at..]) {
+            let start = at + i;
+            if hay[start..].starts_with(&self.delim) {
+                return Some(start);
+            }
+            at = start + 1;
+        }
+        None
     }
 
     /// Parses what `input()` holds, calling `f` for each part found.
@@ -95,7 +113,7 @@ impl MultipartParser {
                         self.state = State::AfterDelim;
                         continue;
                     }
-                    match self.finder.find(data) {
+                    match self.find_delim(data) {
                         Some(i) => {
                             self.pos += i + dl;
                             self.state = State::AfterDelim;
@@ -142,7 +160,7 @@ impl MultipartParser {
                 State::InPart => {
                     let start = self.pos;
                     let from = self.scan_from.max(start);
-                    match self.finder.find(&self.buf[from..]) {
+                    match self.find_delim(&self.buf[from..]) {
                         Some(i) => {
                             let end = from + i;
                             f(Event::Part(&self.buf[start..end]));
@@ -302,6 +320,12 @@ mod tests {
             embedded("206 Partial Content", "/r/1", b"r=1 s=0 t=5 ....\n"),
             // A payload with CRLF and dashes that are not the boundary.
             embedded("206 Partial Content", "/r/2", b"a\r\n--halley-x\r\n--\r\n"),
+            // Lines that start like the delimiter and stop short of it.
+            embedded(
+                "206 Partial Content",
+                "/r/3",
+                b"\r\n--halley-61e971eec3c114f1d17a0b9a9bc606e\r\n--halley-61e9\n",
+            ),
             b"\r\nContent-Type: text/plain\r\n\r\n".to_vec(), // heartbeat
         ];
         let (wire, want) = halley_wire(&parts);

@@ -15,7 +15,13 @@
 # load generator is always the current checkout's. Every server is fresh, stopped after
 # its run; everything is bounded by ROUNDS runs of the scenario's own --duration.
 #
-# Environment: ROUNDS [3], THREADS [2] (halley --threads), AB_DIR [/tmp/halley-ab].
+# SIDE=load turns it around: two revisions of halley-load against the current
+# checkout's halley (a change to the measuring tool, measured). A field may be a jq
+# expression over the results, e.g. client_cpu_s/.results.deliveries (the load
+# generator's CPU-seconds per delivery, connection set-up included).
+#
+# Environment: ROUNDS [3], THREADS [2] (halley --threads), AB_DIR [/tmp/halley-ab],
+# SIDE [server].
 set -euo pipefail
 
 [ $# -ge 4 ] && [ "$4" = "--" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
@@ -23,24 +29,27 @@ REV_A="$1"; REV_B="$2"; FIELD="$3"; shift 4
 ROUNDS="${ROUNDS:-3}"
 THREADS="${THREADS:-2}"
 AB_DIR="${AB_DIR:-/tmp/halley-ab}"
+SIDE="${SIDE:-server}"
+case "$SIDE" in server) PKG=halley ;; load) PKG=halley-load ;; *) echo "ab: SIDE is server or load" >&2; exit 2 ;; esac
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PORT=18280
 METRICS_PORT=18290
 command -v jq >/dev/null || { echo "ab: needs jq (apt-get install -y jq)" >&2; exit 1; }
 
-build() { # rev -> path of its halley binary
+build() { # rev -> path of its $PKG binary
     local rev="$1" sha dir
     sha="$(git -C "$ROOT" rev-parse --short "$rev")"
     dir="$AB_DIR/$sha"
     if [ ! -d "$dir" ]; then
         git -C "$ROOT" worktree add --detach "$dir" "$sha" >/dev/null 2>&1
     fi
-    (cd "$dir" && cargo build --release -q -p halley >&2)
-    echo "$dir/target/release/halley"
+    (cd "$dir" && cargo build --release -q -p "$PKG" >&2)
+    echo "$dir/target/release/$PKG"
 }
 
-(cd "$ROOT" && cargo build --release -q -p halley-load)
+(cd "$ROOT" && cargo build --release -q -p halley-load -p halley)
 LOAD="$ROOT/target/release/halley-load"
+SERVER="$ROOT/target/release/halley"
 BIN_A="$(build "$REV_A")"
 BIN_B="$(build "$REV_B")"
 
@@ -53,10 +62,11 @@ field() { # json-file field -> the value, or null
 }
 
 run() { # binary label round halley-load-args... -> prints the first field
-    local bin="$1" label="$2" round="$3" out="$AB_DIR/$2-$3.json" ready
+    local bin="$1" label="$2" round="$3" out="$AB_DIR/$2-$3.json" ready server="$1" load="$LOAD"
     shift 3
+    [ "$SIDE" = load ] && { server="$SERVER"; load="$bin"; }
     rm -f "$out"
-    "$bin" --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" --threads "$THREADS" \
+    "$server" --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" --threads "$THREADS" \
         --log-level warn > "$AB_DIR/$label-$round.stdout" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 100); do
@@ -64,7 +74,7 @@ run() { # binary label round halley-load-args... -> prints the first field
         [ "$ready" -ge 1 ] && break
         sleep 0.05
     done
-    timeout 600 "$LOAD" "$@" --addr "127.0.0.1:$PORT" --metrics "http://127.0.0.1:$METRICS_PORT/metrics" \
+    timeout 600 "$load" "$@" --addr "127.0.0.1:$PORT" --metrics "http://127.0.0.1:$METRICS_PORT/metrics" \
         --server-pid "$SERVER_PID" --json "$out" > "$AB_DIR/$label-$round.log" 2>&1 || true
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true

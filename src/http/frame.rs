@@ -223,19 +223,6 @@ impl Frame {
         out.extend(self.pieces.iter().cloned());
     }
 
-    /// The same frame in buffers of its own (no reference shared with the original).
-    pub fn copied(&self) -> Frame {
-        Frame {
-            pieces: self
-                .pieces
-                .iter()
-                .map(|p| Bytes::copy_from_slice(p))
-                .collect(),
-            chunk_header: self.chunk_header,
-            len: self.len,
-        }
-    }
-
     /// Appends the frame's pieces for a raw (un-chunked) body.
     pub fn push_raw(&self, out: &mut Vec<Bytes>) {
         let n = self.pieces.len();

@@ -454,10 +454,6 @@ impl Worker {
                 Replacement::End => return self.end_group(gid, End::Finish),
             },
         };
-        let frame = frame.map(|f| match f {
-            Cow::Borrowed(shared) => self.local_frame(event, shared),
-            Cow::Owned(own) => Rc::new(own),
-        });
         let queued = match &frame {
             Some(frame) => self.enqueue(gid, frame, false, Some(event.born)),
             None => false,
@@ -465,7 +461,7 @@ impl Worker {
         if queued {
             if form == StreamForm::MixedReplace {
                 if let Some(g) = self.groups.borrow_mut().get_mut(gid) {
-                    g.last_replacement = frame.map(|f| Frame::clone(&f));
+                    g.last_replacement = frame.map(Cow::into_owned);
                 }
             }
             if let Some(w) = self.watch.borrow_mut().get_mut(wid) {
@@ -490,22 +486,6 @@ impl Worker {
         if idle {
             self.catch_up(gid);
         }
-    }
-
-    /// This worker's copy of a change's shared frame, made at the first delivery of
-    /// the change here and used for the rest. The original's buffers are shared by every
-    /// worker; each queued part takes a reference and each finished send drops one, so
-    /// two workers fanning out the same change would contend for one reference count.
-    fn local_frame(&self, event: &Arc<ChangeEvent>, shared: &Frame) -> Rc<Frame> {
-        let mut cache = self.frame_copy.borrow_mut();
-        if let Some((ev, at, copy)) = &*cache {
-            if Arc::ptr_eq(ev, event) && std::ptr::eq(*at, shared) {
-                return copy.clone();
-            }
-        }
-        let copy = Rc::new(shared.copied());
-        *cache = Some((event.clone(), shared as *const Frame, copy.clone()));
-        copy
     }
 
     /// Queues a part. Refuses (returns false) when it would take the stream past its

@@ -139,9 +139,6 @@ pub struct Worker {
     /// Watcher side: remotely owned resources this worker is registered for (present
     /// from the owner's first "wait" answer or change until we send `Unwatch`).
     known: RefCell<HashMap<Arc<str>, Known>>,
-    /// This worker's copy of the shared frame it is fanning out (see
-    /// [`Worker::local_frame`]), with the event that pins the original.
-    frame_copy: RefCell<Option<(Arc<ChangeEvent>, *const Frame, Rc<Frame>)>>,
 }
 
 impl Worker {
@@ -847,7 +844,6 @@ pub fn run(
             wake_idle: Notify::new(),
             conn_gen: Cell::new(0),
             known: RefCell::new(HashMap::new()),
-            frame_copy: RefCell::new(None),
             shared,
         });
         tokio_uring::spawn(worker.clone().inbox_loop(inbox));

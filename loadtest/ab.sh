@@ -24,7 +24,7 @@
 # SIDE [server].
 set -euo pipefail
 
-[ $# -ge 4 ] && [ "$4" = "--" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
+[ $# -ge 4 ] && [ "$4" = "--" ] || { sed -n '2,24p' "$0" >&2; exit 2; }
 REV_A="$1"; REV_B="$2"; FIELD="$3"; shift 4
 ROUNDS="${ROUNDS:-3}"
 THREADS="${THREADS:-2}"

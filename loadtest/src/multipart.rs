@@ -198,19 +198,8 @@ pub struct PartView<'a> {
     pub body: &'a [u8],
 }
 
-/// The part header block halley puts before every embedded response.
-const HTTP_PART_HEAD: &[u8] = b"Content-Type: application/http; msgtype=response\r\n\r\n";
-
 /// Splits a part into its MIME headers and body.
 pub fn split_part(part: &[u8]) -> HResult<PartView<'_>> {
-    // The common case, read without the general parser (the same view it gives).
-    if let Some(body) = part.strip_prefix(HTTP_PART_HEAD) {
-        return Ok(PartView {
-            content_type: Some("application/http; msgtype=response"),
-            body,
-            ..PartView::default()
-        });
-    }
     let mut headers = [httparse::EMPTY_HEADER; 16];
     let (n, hs) = match httparse::parse_headers(part, &mut headers) {
         Ok(httparse::Status::Complete(x)) => x,
@@ -375,12 +364,6 @@ mod tests {
         let bad = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab";
         assert!(parse_embedded(bad).is_err());
         assert!(parse_embedded(b"HTTP/1.1 200").is_err());
-        // The shortcut for halley's usual part header gives what the parser gives.
-        let usual = b"Content-Type: application/http; msgtype=response\r\n\r\nHTTP/1.1 200 OK\r\n";
-        let spaced =
-            b"Content-Type:  application/http; msgtype=response \r\n\r\nHTTP/1.1 200 OK\r\n";
-        assert_eq!(split_part(usual).unwrap(), split_part(spaced).unwrap());
-        assert_eq!(split_part(usual).unwrap().body, b"HTTP/1.1 200 OK\r\n");
         let hb = split_part(b"Content-Type: text/plain\r\n\r\n").unwrap();
         assert!(!is_http_part(hb.content_type));
         assert!(hb.body.is_empty());

@@ -23,12 +23,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::conn::{self, Connection};
 use super::mailbox::Msg;
+use super::send::Sending;
 use super::watch::{Holder, WaitQuery, WaitState, WaiterId};
 use super::Worker;
 use crate::body::Body;
@@ -119,6 +121,36 @@ pub struct Group {
     awaiting: usize,
     ready: Vec<Reply>,
     errors: Vec<Reply>,
+}
+
+/// A worker's stream sends: the groups waiting for one, and its driver task.
+#[derive(Default)]
+pub struct StreamSends {
+    /// Groups whose queue is to be written (each marked `writing`).
+    ready: Vec<GroupId>,
+    /// The driver task is alive.
+    running: bool,
+    /// The driver's waker while it waits for completions.
+    waker: Option<Waker>,
+}
+
+/// How many of the driver's turns a send may stay pending before it gets a task of its
+/// own. A send to a reader that keeps up completes at once (at the ring's next
+/// submission): it is polled once before and once after.
+const SLOW_AFTER_POLLS: u8 = 3;
+
+/// One stream send in flight.
+struct Flight {
+    gid: GroupId,
+    /// Turns of the driver this send was found still pending.
+    polls: u8,
+    /// Queued bytes this send carries (counted off the buffered-bytes gauge when done).
+    n: usize,
+    /// The group was ending when the send started (no catch-up after it).
+    ending: bool,
+    /// When the changes of its parts were stamped (latency metric).
+    born: Vec<Instant>,
+    sending: Sending<Rc<Connection>>,
 }
 
 /// The groups of one worker.
@@ -526,60 +558,150 @@ impl Worker {
             !std::mem::replace(&mut g.writing, true)
         };
         if spawn {
-            tokio_uring::spawn(self.clone().stream_writer(gid));
+            self.want_send(gid);
         }
         true
     }
 
-    /// Writes a group's queue until it is empty, then exits.
-    async fn stream_writer(self: Rc<Self>, gid: GroupId) {
+    /// Has the worker's send driver write a group's queue (the group is marked
+    /// `writing`, so this happens once until the queue has been written out).
+    fn want_send(self: &Rc<Self>, gid: GroupId) {
+        let mut sends = self.sends.borrow_mut();
+        sends.ready.push(gid);
+        if !std::mem::replace(&mut sends.running, true) {
+            tokio_uring::spawn(self.clone().send_driver());
+        } else if let Some(waker) = sends.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Writes the queues of the groups that want it, every group's sends in flight at
+    /// once, until none is left; then exits (the next [`Worker::want_send`] starts it
+    /// again). One task for all of a worker's stream writes instead of one per write.
+    async fn send_driver(self: Rc<Self>) {
+        let mut flights: Vec<Flight> = Vec::new();
         loop {
-            let (fd, keep, pieces, n, ending, born) = {
-                let mut groups = self.groups.borrow_mut();
-                let Some(g) = groups.get_mut(gid) else { return };
-                if g.queue.is_empty() {
-                    g.writing = false;
-                    if g.ending {
-                        drop(groups);
-                        self.close_group(gid, End::Finish);
-                    }
+            let ready = std::mem::take(&mut self.sends.borrow_mut().ready);
+            flights.extend(ready.into_iter().filter_map(|gid| self.start_send(gid)));
+            if flights.is_empty() {
+                let mut sends = self.sends.borrow_mut();
+                if sends.ready.is_empty() {
+                    sends.running = false;
                     return;
                 }
-                let n = std::mem::take(&mut g.queued);
-                g.in_flight = n;
-                (
-                    g.fd,
-                    g.spare.take().unwrap_or_else(|| g.conn.clone()),
-                    std::mem::take(&mut g.queue),
-                    n,
-                    g.ending,
-                    std::mem::take(&mut g.born),
-                )
-            };
-            add_own(&self.metrics().stream_writes, 1);
-            let (result, keep) = super::send::send_all(fd, keep, pieces).await;
-            add_own_i64(&self.metrics().stream_buffered_bytes, -(n as i64));
-            let catch_up = {
-                let mut groups = self.groups.borrow_mut();
-                let Some(g) = groups.get_mut(gid) else { return };
-                g.in_flight = 0;
-                g.spare = Some(keep);
-                !g.dirty.is_empty() && g.queued < self.config().stream_buffer_bytes / 2
-            };
-            match result {
-                Ok(written) => {
-                    let m = self.metrics();
-                    add_own(&m.bytes_written, written);
-                    for b in born {
-                        m.latency.observe(b.elapsed());
+                continue;
+            }
+            let (done, slow) = std::future::poll_fn(|cx| {
+                let (mut done, mut slow) = (Vec::new(), Vec::new());
+                let mut i = 0;
+                while i < flights.len() {
+                    match flights[i].sending.poll_sent(cx) {
+                        Poll::Ready(out) => done.push((flights.swap_remove(i), out)),
+                        Poll::Pending if flights[i].polls >= SLOW_AFTER_POLLS => {
+                            slow.push(flights.swap_remove(i));
+                        }
+                        Poll::Pending => {
+                            flights[i].polls += 1;
+                            i += 1;
+                        }
                     }
                 }
-                Err(_) => return self.end_group(gid, End::Abort),
+                let mut sends = self.sends.borrow_mut();
+                if done.is_empty() && slow.is_empty() && sends.ready.is_empty() {
+                    sends.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    sends.waker = None;
+                    Poll::Ready((done, slow))
+                }
+            })
+            .await;
+            for (flight, (result, keep)) in done {
+                let gid = flight.gid;
+                if self.send_done(flight, result, keep) {
+                    flights.extend(self.start_send(gid));
+                }
             }
-            if catch_up && !ending {
-                self.catch_up(gid);
+            for flight in slow {
+                tokio_uring::spawn(self.clone().slow_send(flight));
             }
         }
+    }
+
+    /// A send that outlived a few of the driver's turns (a reader not keeping up):
+    /// awaited by a task of its own, so that the driver's turns stay short.
+    async fn slow_send(self: Rc<Self>, mut flight: Flight) {
+        let (result, keep) = std::future::poll_fn(|cx| flight.sending.poll_sent(cx)).await;
+        let gid = flight.gid;
+        if self.send_done(flight, result, keep) {
+            self.want_send(gid);
+        }
+    }
+
+    /// Hands a group's whole queue to one send; `None` when the queue is empty (the
+    /// group stops writing, and closes if it was ending).
+    fn start_send(self: &Rc<Self>, gid: GroupId) -> Option<Flight> {
+        let mut groups = self.groups.borrow_mut();
+        let g = groups.get_mut(gid)?;
+        if g.queue.is_empty() {
+            g.writing = false;
+            if g.ending {
+                drop(groups);
+                self.close_group(gid, End::Finish);
+            }
+            return None;
+        }
+        let n = std::mem::take(&mut g.queued);
+        g.in_flight = n;
+        let keep = g.spare.take().unwrap_or_else(|| g.conn.clone());
+        let flight = Flight {
+            gid,
+            polls: 0,
+            n,
+            ending: g.ending,
+            born: std::mem::take(&mut g.born),
+            sending: Sending::start(g.fd, keep, std::mem::take(&mut g.queue)),
+        };
+        add_own(&self.metrics().stream_writes, 1);
+        Some(flight)
+    }
+
+    /// Books a finished send; whether the group carries on (its queue is to be
+    /// written next).
+    fn send_done(
+        self: &Rc<Self>,
+        flight: Flight,
+        result: std::io::Result<u64>,
+        keep: Rc<Connection>,
+    ) -> bool {
+        let gid = flight.gid;
+        add_own_i64(&self.metrics().stream_buffered_bytes, -(flight.n as i64));
+        let catch_up = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(g) = groups.get_mut(gid) else {
+                return false;
+            };
+            g.in_flight = 0;
+            g.spare = Some(keep);
+            !g.dirty.is_empty() && g.queued < self.config().stream_buffer_bytes / 2
+        };
+        match result {
+            Ok(written) => {
+                let m = self.metrics();
+                add_own(&m.bytes_written, written);
+                for b in flight.born {
+                    m.latency.observe(b.elapsed());
+                }
+            }
+            Err(_) => {
+                self.end_group(gid, End::Abort);
+                return false;
+            }
+        }
+        if catch_up && !flight.ending {
+            self.catch_up(gid);
+        }
+        true
     }
 
     /// Asks for one summarising part per dirty waiter of a group.
@@ -626,7 +748,7 @@ impl Worker {
                 !std::mem::replace(&mut g.writing, true)
             };
             if spawn {
-                tokio_uring::spawn(self.clone().stream_writer(gid));
+                self.want_send(gid);
             }
             return;
         }

@@ -139,6 +139,8 @@ pub struct Worker {
     /// Watcher side: remotely owned resources this worker is registered for (present
     /// from the owner's first "wait" answer or change until we send `Unwatch`).
     known: RefCell<HashMap<Arc<str>, Known>>,
+    /// Stream writes waiting for or in the hands of the send driver.
+    sends: RefCell<group::StreamSends>,
 }
 
 impl Worker {
@@ -844,6 +846,7 @@ pub fn run(
             wake_idle: Notify::new(),
             conn_gen: Cell::new(0),
             known: RefCell::new(HashMap::new()),
+            sends: RefCell::new(group::StreamSends::default()),
             shared,
         });
         tokio_uring::spawn(worker.clone().inbox_loop(inbox));

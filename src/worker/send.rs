@@ -16,13 +16,16 @@
 //! a task each: the same CPU per delivery and 12% fewer deliveries/s, so reverted; see
 //! docs/benchmarks.md.)
 
+use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use io_uring::{cqueue, opcode, squeue, types};
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
 /// Most iovecs handed to one `sendmsg` (the kernel's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
@@ -143,37 +146,69 @@ impl<K> OneshotOutputTransform for SendDone<K> {
     }
 }
 
-/// Sends every piece on socket `fd`, handling short sends. `owner` keeps the socket
-/// open: the operation in flight holds it until the kernel completes it (so even a
-/// dropped future never leaves the kernel a closed descriptor), and it is handed back
-/// with the result.
+/// Submits one send of `bufs` on `fd`.
+fn submit<K: Unpin + 'static>(fd: RawFd, owner: K, bufs: SendBufs) -> Op<K> {
+    let entry = bufs.entry(fd);
+    // The entry points into `bufs`, which the operation owns (with the socket's owner)
+    // until the kernel completes it, even if the operation is dropped first.
+    UnsubmittedOneshot::new(OneshotSend { owner, bufs }, SendDone(PhantomData), entry).submit()
+}
+
+type Op<K> = InFlightOneshot<OneshotSend<K>, SendDone<K>>;
+
+/// Every piece sent on socket `fd`, short sends handled, as a state machine a caller
+/// polls ([`send_all`] awaits one; a worker's stream sends are many of them polled by
+/// one task). `owner` keeps the socket open: the operation in flight holds it until
+/// the kernel completes it (so even a dropped `Sending` never leaves the kernel a closed
+/// descriptor), and it is handed back with the result.
+pub struct Sending<K: Unpin + 'static> {
+    fd: RawFd,
+    total: u64,
+    op: Op<K>,
+}
+
+impl<K: Unpin + 'static> Sending<K> {
+    /// Starts sending `pieces` (at least one).
+    pub fn start(fd: RawFd, owner: K, pieces: Vec<Bytes>) -> Sending<K> {
+        Sending {
+            fd,
+            total: 0,
+            op: submit(fd, owner, SendBufs::new(pieces)),
+        }
+    }
+
+    /// `Ready` once everything is sent (the byte count) or a send failed. Not to be
+    /// polled again after that.
+    pub fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<(io::Result<u64>, K)> {
+        loop {
+            let (res, bufs, owner) = ready!(Pin::new(&mut self.op).poll(cx));
+            let n = match res {
+                Ok(n) => n,
+                Err(e) => return Poll::Ready((Err(e), owner)),
+            };
+            if n == 0 && !bufs.is_empty() {
+                return Poll::Ready((Err(io::ErrorKind::WriteZero.into()), owner));
+            }
+            self.total += n as u64;
+            match bufs.advance(n) {
+                Some(rest) => self.op = submit(self.fd, owner, rest),
+                None => return Poll::Ready((Ok(self.total), owner)),
+            }
+        }
+    }
+}
+
+/// Sends every piece on socket `fd` (see [`Sending`]).
 pub async fn send_all<K: Unpin + 'static>(
     fd: RawFd,
-    mut owner: K,
+    owner: K,
     pieces: Vec<Bytes>,
 ) -> (io::Result<u64>, K) {
-    let mut total = 0u64;
-    let mut next = Some(SendBufs::new(pieces));
-    while let Some(bufs) = next.take().filter(|b| !b.is_empty()) {
-        let entry = bufs.entry(fd);
-        // The entry points into `bufs`, which the operation owns (with the socket's
-        // owner) until the kernel completes it, even if this future is dropped.
-        let data = OneshotSend { owner, bufs };
-        let (res, bufs, back) = UnsubmittedOneshot::new(data, SendDone(PhantomData), entry)
-            .submit()
-            .await;
-        owner = back;
-        let n = match res {
-            Ok(n) => n,
-            Err(e) => return (Err(e), owner),
-        };
-        if n == 0 && !bufs.is_empty() {
-            return (Err(io::ErrorKind::WriteZero.into()), owner);
-        }
-        total += n as u64;
-        next = bufs.advance(n);
+    if pieces.is_empty() {
+        return (Ok(0), owner);
     }
-    (Ok(total), owner)
+    let mut sending = Sending::start(fd, owner, pieces);
+    std::future::poll_fn(|cx| sending.poll_sent(cx)).await
 }
 
 #[cfg(test)]

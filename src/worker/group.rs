@@ -6,8 +6,13 @@
 //! A group owns its connection and has one waiter per watched resource in the same
 //! per-resource wait lists long polls use, so a change reaches it through the same
 //! [`Worker::handle_change`]. A stream keeps no task while idle: parts are queued on
-//! the group and a writer task is spawned when the queue becomes non-empty; it writes
-//! everything queued in one vectored write, and exits when the queue is empty.
+//! the group, and when the queue becomes non-empty the group is handed to the worker's
+//! *send driver*, one task for all of the worker's stream writes. It writes everything
+//! a group has queued in one vectored send, every group's send in flight at once, and
+//! books each completion (the next send of that group, if more was queued meanwhile);
+//! it exits when no group has anything left. A send still pending after a few of the
+//! driver's turns (a reader not keeping up) is awaited by a task of its own, so that a
+//! turn only looks at sends that are about to complete.
 //!
 //! **Slow readers are summarised, not buffered.** A stream may hold at most
 //! `--stream-buffer` bytes queued or in flight. A part that does not fit is not queued:
@@ -16,7 +21,7 @@
 //! owner for what changed since its stamp — exactly a long poll's resume — and gets one
 //! catch-up part: the newest state for replacements, one `206` of the merged range for
 //! consecutive appends, `410` for a delete. A fast reader never waits for a slow one:
-//! every stream has its own queue and writer, and frames are shared `Bytes`.
+//! every stream has its own queue and send, and frames are shared `Bytes`.
 
 use std::borrow::Cow;
 use std::os::fd::{AsRawFd, RawFd};
@@ -105,7 +110,7 @@ pub struct Group {
     /// Chunked transfer (HTTP/1.1) or a raw body closed by the connection (HTTP/1.0).
     chunked: bool,
     writing: bool,
-    /// No more parts: the writer closes the connection once the queue is written.
+    /// No more parts: the connection closes once the queue is written.
     ending: bool,
     /// Something was queued since the last heartbeat tick.
     active: bool,
@@ -726,8 +731,8 @@ impl Worker {
             let mut groups = self.groups.borrow_mut();
             let Some(g) = groups.get_mut(gid) else { return };
             if g.ending {
-                // Already finishing; a failed write or a hang-up closes it now (the
-                // writer task has stopped or its in-flight send fails on the shutdown).
+                // Already finishing; a failed write or a hang-up closes it now (no send
+                // is in flight, or the one in flight fails on the shutdown).
                 drop(groups);
                 if how != End::Finish {
                     self.close_group(gid, how);
@@ -771,7 +776,7 @@ impl Worker {
             let m = self.metrics();
             m.streams.fetch_sub(1, Relaxed);
             // Bytes queued but never handed to a send (those in flight are counted
-            // off by the writer when its send returns).
+            // off when their send returns).
             m.stream_buffered_bytes.fetch_sub(g.queued as i64, Relaxed);
         }
         let _ = g.conn.stream.shutdown(std::net::Shutdown::Both);

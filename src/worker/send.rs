@@ -3,18 +3,20 @@
 //! server CPU per stream delivery, and allocates an iovec array per call).
 //!
 //! [`SendBufs`] lays a send out for the kernel: the shared `Bytes` pieces (never
-//! copied), their iovecs and the message header. [`send_all`] submits it on
-//! tokio-uring's ring through its escape hatch (`UnsubmittedOneshot`): the operation
-//! owns the buffers and a reference-counted owner of the socket (the socket itself, or
-//! the connection holding it), so even if the future is dropped the kernel never sees
-//! freed memory or a descriptor that was closed and reused before the operation was
-//! issued. The descriptor number is passed alongside, so that a stream's send reads it
-//! from the (hot) group instead of chasing the owner's pointers: with thousands of
-//! streams every pointer hop per delivery is a cache miss.
+//! copied), their iovecs and the message header. [`Sending`] submits it on
+//! tokio-uring's ring through its escape hatch (`UnsubmittedOneshot`) and resubmits what
+//! a short send left: the operation owns the buffers and a reference-counted owner of
+//! the socket (the socket itself, or the connection holding it), so even if the
+//! `Sending` is dropped the kernel never sees freed memory or a descriptor that was
+//! closed and reused before the operation was issued. A connection task awaits one
+//! ([`send_all`]); a worker's send driver polls all of its streams' (`group.rs`). The
+//! descriptor number is passed alongside, so that a stream's send reads it from the
+//! (hot) group instead of chasing the owner's pointers: with thousands of streams every
+//! pointer hop per delivery is a cache miss.
 //!
 //! (Stream sends were also tried on the worker's own ring, completions handled without
 //! a task each: the same CPU per delivery and 12% fewer deliveries/s, so reverted; see
-//! docs/benchmarks.md.)
+//! docs/benchmarks.md, entry 5. Entry 13 is the driver that replaced a task per write.)
 
 use std::future::Future;
 use std::io;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side runs of halley and Nchan (nginx + libnginx-mod-nchan) on this machine.
 #
-#   loadtest/compare.sh                 # defaults: about 20 minutes in total
+#   loadtest/compare.sh                 # defaults: about 10 minutes in total
 #   ROUNDS=5 DURATION=20s loadtest/compare.sh
 #
 # Every (scenario, server, round) runs against a freshly started server, halley and Nchan
